@@ -1,0 +1,481 @@
+"""Base module class for all datarax modules.
+
+``DataraxModule`` is the one contract every component (source, sampler,
+operator, batcher, pipeline) follows. It is an ``nnx.Module``, so datarax
+components compose with models, optimizers and Orbax, and adds:
+
+* statistics (``compute_statistics`` / ``get_statistics`` / ...), stored in an
+  ``nnx.Variable`` so they travel with the module's state;
+* a plain-dict ``_cache`` when the config asks for one;
+* operation counters ``_applied_count`` / ``_skipped_count``. They are
+  ``IterationCount`` variables holding JAX arrays, not Python ints: NNX treats
+  Python ints as static, and static values cannot be mutated inside
+  ``nnx.jit`` / ``nnx.vmap``; arrays can;
+* ``copy`` (rebuild with changed config, rngs or name), ``clone`` (same state);
+* ``get_state`` / ``set_state`` with a strict structure check, so a
+  checkpoint from a differently built module is refused rather than half
+  applied.
+
+``CheckpointableIteratorModule`` adds the iteration variables (``epoch``,
+``position``, ``idx``, ``current``) that resumable iterators keep.
+
+Example:
+    >>> from datarax.core.config import DataraxModuleConfig
+    >>> from datarax.core.module import DataraxModule
+    >>> m = DataraxModule(DataraxModuleConfig(batch_stats_fn=lambda x: {"n": len(x)}))
+    >>> m.compute_statistics([1, 2, 3])
+    {'n': 3}
+    >>> state = m.get_state()
+    >>> m2 = DataraxModule(DataraxModuleConfig(batch_stats_fn=lambda x: {"n": len(x)}))
+    >>> m2.set_state(state)
+    >>> m2.get_statistics()
+    {'n': 3}
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+from collections.abc import Mapping
+from typing import Any, Generic
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from datarax.core.config import DataraxModuleConfig
+from datarax.typing import T_co
+
+
+class IterationCount(nnx.Variable):
+    """Variable type for iteration counters.
+
+    Holds a JAX array (``jnp.array(0)``) rather than a Python int: NNX treats
+    Python ints as static, so they cannot be mutated inside ``nnx.jit`` or
+    ``nnx.vmap``; arrays are data and can. Having a type of its own also lets
+    transforms single counters out, e.g. ``nnx.StateAxes({IterationCount: None})``
+    to broadcast them or ``nnx.StateAxes({IterationCount: nnx.Carry})`` to carry them.
+    """
+
+
+# Constructor arguments of each module, recorded by the outermost __init__ so
+# that ``copy`` can rebuild subclasses with extra constructor arguments. Kept
+# outside the module because the arguments may hold arrays, which NNX does not
+# allow in static attributes.
+_CONSTRUCTOR_ARGS: weakref.WeakKeyDictionary[Any, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
+
+
+def _record_constructor_args(init):
+    @functools.wraps(init)
+    def recording_init(self, *args, **kwargs):
+        if self not in _CONSTRUCTOR_ARGS:
+            _CONSTRUCTOR_ARGS[self] = (args, dict(kwargs))
+        init(self, *args, **kwargs)
+
+    recording_init.__datarax_records__ = True
+    return recording_init
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(str(p) for p in path) or "<root>"
+
+
+def _storable(value: Any) -> Any:
+    """Typed PRNG keys become their raw key data so checkpoints hold plain arrays."""
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(value)
+    return value
+
+
+def _lookup(tree: Mapping, path: tuple) -> tuple[bool, Any]:
+    # Integer path entries (lists of submodules) come back as strings from
+    # JSON or Orbax; accept either spelling.
+    node: Any = tree
+    for part in path:
+        if not isinstance(node, Mapping):
+            return False, None
+        if part in node:
+            node = node[part]
+        elif str(part) in node:
+            node = node[str(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def _unexpected_paths(tree: Mapping, expected: set[tuple[str, ...]], prefix=()) -> list[str]:
+    prefixes = {p[:i] for p in expected for i in range(len(p) + 1)}
+    found = []
+    for key, value in tree.items():
+        path = (*prefix, str(key))
+        if path in expected:
+            continue
+        if path in prefixes and isinstance(value, Mapping):
+            found.extend(_unexpected_paths(value, expected, path))
+        else:
+            found.append(_path_str(path))
+    return found
+
+
+def _restored_value(current: Any, new: Any, path: tuple) -> Any:
+    """Converts a checkpointed value to the type of the current one, checking shapes."""
+    if isinstance(current, jax.Array) and jnp.issubdtype(current.dtype, jax.dtypes.prng_key):
+        if isinstance(new, jax.Array) and jnp.issubdtype(new.dtype, jax.dtypes.prng_key):
+            return new
+        data = np.asarray(new)
+        expected = jax.random.key_data(current).shape
+        if data.shape != expected:
+            raise ValueError(
+                f"set_state: key data at {_path_str(path)!r} has shape {data.shape}, "
+                f"expected {expected}"
+            )
+        return jax.random.wrap_key_data(data.astype(np.uint32), impl=jax.random.key_impl(current))
+    if isinstance(current, jax.Array | np.ndarray):
+        new_array = np.asarray(new) if not isinstance(new, jax.Array) else new
+        if tuple(new_array.shape) != tuple(current.shape):
+            raise ValueError(
+                f"set_state: value at {_path_str(path)!r} has shape {tuple(new_array.shape)}, "
+                f"expected {tuple(current.shape)}"
+            )
+        return jnp.asarray(new_array, dtype=current.dtype)
+    return new
+
+
+class DataraxModule(nnx.Module):
+    """Base class for all datarax modules.
+
+    Args:
+        config: The module's validated ``DataraxModuleConfig`` (or subclass).
+        rngs: Random number generators (optional).
+        name: Optional name for the module.
+
+    Attributes:
+        config: Module configuration (static).
+        rngs: Random number generators.
+        name: Module name.
+        _cache: Cache storage: a plain dict if ``config.cacheable``, else None.
+        _computed_stats: ``nnx.Variable`` holding computed statistics or None.
+        _applied_count: ``IterationCount`` of applied operations.
+        _skipped_count: ``IterationCount`` of skipped operations.
+
+    Raises:
+        TypeError: If ``config`` is not a ``DataraxModuleConfig``.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "__datarax_records__", False):
+            cls.__init__ = _record_constructor_args(init)
+
+    @_record_constructor_args
+    def __init__(
+        self,
+        config: DataraxModuleConfig,
+        *,
+        rngs: nnx.Rngs | None = None,
+        name: str | None = None,
+    ):
+        if not isinstance(config, DataraxModuleConfig):
+            raise TypeError(
+                f"{type(self).__name__}: config must be a DataraxModuleConfig, "
+                f"got {type(config).__name__}"
+            )
+        if rngs is not None and not isinstance(rngs, nnx.Rngs):
+            raise TypeError(
+                f"{type(self).__name__}: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}"
+            )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}: name must be a str or None, got {name!r}")
+        self.config = config
+        self.rngs = rngs
+        self.name = name
+        self._cache: dict[int, Any] | None = {} if config.cacheable else None
+        self._computed_stats = nnx.Variable(None)
+        # A plain (static) bool, not a Variable: get_statistics branches on it,
+        # which must also work inside nnx.jit, where Variable values are traced.
+        self._stats_reset = False
+        self._applied_count = IterationCount(jnp.array(0, dtype=jnp.int32))
+        self._skipped_count = IterationCount(jnp.array(0, dtype=jnp.int32))
+
+    # -- operation counters -------------------------------------------------
+
+    def get_operation_stats(self) -> dict[str, int]:
+        """Get operation statistics.
+
+        Converts the counters to Python ints, so call it outside ``jit``.
+
+        Returns:
+            Dictionary with ``'applied_count'`` and ``'skipped_count'``.
+        """
+        return {
+            "applied_count": int(self._applied_count[...]),
+            "skipped_count": int(self._skipped_count[...]),
+        }
+
+    def reset_operation_stats(self) -> None:
+        """Reset operation statistics to zero (with new JAX arrays)."""
+        self._applied_count.set_value(jnp.array(0, dtype=jnp.int32))
+        self._skipped_count.set_value(jnp.array(0, dtype=jnp.int32))
+
+    # -- statistics ---------------------------------------------------------
+
+    def compute_statistics(self, data: Any) -> dict[str, Any] | None:
+        """Compute statistics from data using ``config.batch_stats_fn``.
+
+        Args:
+            data: Input data to compute statistics from.
+
+        Returns:
+            The statistics dict (also cached in ``_computed_stats``), or None
+            if no ``batch_stats_fn`` is configured.
+        """
+        fn = self.config.batch_stats_fn
+        if fn is None:
+            return None
+        stats = fn(data)
+        if not isinstance(stats, Mapping):
+            raise TypeError(
+                f"{type(self).__name__}: batch_stats_fn must return a dict, got {type(stats).__name__}"
+            )
+        stats = dict(stats)
+        self._computed_stats.set_value(stats)
+        self._stats_reset = False
+        return stats
+
+    def get_statistics(self) -> dict[str, Any] | None:
+        """Get current statistics.
+
+        Returns:
+            ``precomputed_stats`` if configured (unless ``reset_statistics``
+            was called since), otherwise the computed statistics, or None.
+        """
+        computed = self._computed_stats.get_value()
+        if computed is not None:
+            return computed
+        if self.config.precomputed_stats is not None and not self._stats_reset:
+            return dict(self.config.precomputed_stats)
+        return None
+
+    def set_statistics(self, stats: dict[str, Any]) -> None:
+        """Manually set statistics, overwriting any computed ones.
+
+        Args:
+            stats: Dictionary of statistics to set.
+
+        Raises:
+            TypeError: If ``stats`` is not a dict.
+        """
+        if not isinstance(stats, Mapping):
+            raise TypeError(f"set_statistics: stats must be a dict, got {type(stats).__name__}")
+        self._computed_stats.set_value(dict(stats))
+        self._stats_reset = False
+
+    def reset_statistics(self) -> None:
+        """Reset all statistics to None, precomputed ones included."""
+        self._computed_stats.set_value(None)
+        self._stats_reset = True
+
+    def reset_cache(self) -> None:
+        """Clear the cache (only has an effect if ``cacheable=True``)."""
+        if self._cache is not None:
+            self._cache.clear()
+
+    # -- copies -------------------------------------------------------------
+
+    def copy(
+        self,
+        *,
+        config: DataraxModuleConfig | None = None,
+        rngs: nnx.Rngs | None = None,
+        name: str | None = None,
+    ) -> DataraxModule:
+        """Create a copy of this module with optional config, rngs or name changes.
+
+        The copy is built by calling the constructor again with the arguments
+        this module was built with (so subclasses with extra constructor
+        arguments work), then takes over this module's state wherever the
+        structure still matches (statistics, counters, parameters; the rng
+        state too unless new ``rngs`` are given).
+
+        Args:
+            config: New config (if None, uses the current config).
+            rngs: New RNG state (if None, a copy of the current rngs).
+            name: New name (if None, uses the current name).
+
+        Returns:
+            New module instance with updated parameters.
+
+        Example:
+            >>> from datarax.core.config import DataraxModuleConfig
+            >>> m = DataraxModule(DataraxModuleConfig(), name="a")
+            >>> m.copy(name="b").name
+            'b'
+        """
+        new_config = self.config if config is None else config
+        new_name = self.name if name is None else name
+        new_rngs = rngs if rngs is not None else (nnx.clone(self.rngs) if self.rngs else None)
+        record = _CONSTRUCTOR_ARGS.get(self)
+        if record is None:
+            # Built without __init__ (e.g. by nnx.merge): fall back to a clone.
+            new = nnx.clone(self)
+            new.config, new.name = new_config, new_name
+            new.rngs = nnx.data(new_rngs) if new_rngs is not None else None
+            new._cache = {} if new_config.cacheable else None
+            return new
+        args, kwargs = record
+        bound = inspect.signature(type(self).__init__).bind(self, *args, **kwargs)
+        for key, value in (("config", new_config), ("rngs", new_rngs), ("name", new_name)):
+            if key in inspect.signature(type(self).__init__).parameters:
+                bound.arguments[key] = value
+        new = type(self)(*bound.args[1:], **bound.kwargs)
+        keep_rngs = rngs is None
+        source = dict(nnx.to_flat_state(nnx.state(self, nnx.Variable)))
+        for path, var in nnx.to_flat_state(nnx.state(new, nnx.Variable)):
+            if path in source and (keep_rngs or path[:1] != ("rngs",)):
+                value = source[path].get_value()
+                if getattr(value, "shape", None) == getattr(var.get_value(), "shape", None):
+                    var.set_value(value)
+        new._stats_reset = self._stats_reset
+        return new
+
+    def clone(self) -> DataraxModule:
+        """Create a new instance with the same state as this module (``nnx.clone``)."""
+        new = nnx.clone(self)
+        # The cache is a static attribute, which nnx.clone shares; give the clone its own.
+        new._cache = dict(self._cache) if self._cache is not None else None
+        if self in _CONSTRUCTOR_ARGS:
+            _CONSTRUCTOR_ARGS[new] = _CONSTRUCTOR_ARGS[self]
+        return new
+
+    # -- checkpointing ------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """Get module state for checkpointing.
+
+        Every ``nnx.Variable`` of the module becomes an entry of a nested dict
+        keyed by attribute path. Arrays held as plain ``nnx.data`` (a source's
+        records) are not state and are left out, so checkpoints stay small; typed PRNG keys are stored as their raw key
+        data so the result holds only plain values and arrays.
+
+        Returns:
+            A dictionary containing the internal state of the component.
+        """
+        out: dict[str, Any] = {}
+        for path, var in nnx.to_flat_state(nnx.state(self, nnx.Variable)):
+            node = out
+            for part in path[:-1]:
+                node = node.setdefault(str(part), {})
+            node[str(path[-1])] = _storable(var.get_value())
+        return out
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore module state from a checkpoint.
+
+        Restoration is strict and atomic: the checkpoint must hold exactly the
+        module's variables with matching array shapes, otherwise nothing is
+        changed.
+
+        Args:
+            state: A dictionary as returned by ``get_state``.
+
+        Raises:
+            TypeError: If ``state`` is not a dictionary.
+            ValueError: If the checkpoint structure does not match the module state.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"{type(self).__name__}.set_state: state must be a dict, got {type(state).__name__}"
+            )
+        flat = list(nnx.to_flat_state(nnx.state(self, nnx.Variable)))
+        expected = {tuple(str(p) for p in path) for path, _ in flat}
+        missing = [_path_str(path) for path, _ in flat if not _lookup(state, path)[0]]
+        unexpected = _unexpected_paths(state, expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"{type(self).__name__}.set_state: checkpoint structure does not match the module "
+                f"state; missing={missing}, unexpected={unexpected}"
+            )
+        restored = [
+            _restored_value(var.get_value(), _lookup(state, path)[1], path) for path, var in flat
+        ]
+        for (_, var), value in zip(flat, restored, strict=True):
+            var.set_value(value)
+
+    # -- rng streams --------------------------------------------------------
+
+    def requires_rng_streams(self) -> list[str] | None:
+        """Get the list of RNG streams required by this module.
+
+        Returns:
+            ``[stream_name]`` for a stochastic module, otherwise None.
+        """
+        if getattr(self.config, "stochastic", False) and getattr(self.config, "stream_name", None):
+            return [self.config.stream_name]
+        return None
+
+    def ensure_rng_streams(self, stream_names: list[str]) -> None:
+        """Ensure that the required RNG streams are available.
+
+        Args:
+            stream_names: A list of available RNG stream names.
+
+        Raises:
+            ValueError: If a required RNG stream is not available.
+        """
+        missing = [s for s in self.requires_rng_streams() or [] if s not in stream_names]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} requires rng stream(s) {missing}, "
+                f"but only {list(stream_names)} are available"
+            )
+
+
+class CheckpointableIteratorModule(DataraxModule, Generic[T_co]):
+    """Base class for iterator modules that can be checkpointed.
+
+    Adds the iteration state a resumable iterator keeps. The variables hold
+    plain Python values so the state stays small and JSON-serialisable.
+
+    Args:
+        config: ``DataraxModuleConfig`` for the module.
+        rngs: Optional Rngs object for randomness.
+        name: Optional name for the module.
+
+    Attributes:
+        epoch: Current epoch (``nnx.Variable``).
+        position: Current position in iteration (``nnx.Variable``).
+        idx: Current index (``nnx.Variable``).
+        current: Current item being processed (``nnx.Variable``).
+    """
+
+    def __init__(
+        self,
+        config: DataraxModuleConfig,
+        *,
+        rngs: nnx.Rngs | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(config, rngs=rngs, name=name)
+        self.epoch = nnx.Variable(0)
+        self.position = nnx.Variable(0)
+        self.idx = nnx.Variable(0)
+        self.current = nnx.Variable(None)
+
+    def __iter__(self):
+        return self
+
+    def reset(self) -> None:
+        """Reset the iterator to its initial state.
+
+        Subclasses override this to add reset logic and call ``super().reset()``.
+        """
+        self.epoch.set_value(0)
+        self.position.set_value(0)
+        self.idx.set_value(0)
+        self.current.set_value(None)
+
+
+__all__ = ["CheckpointableIteratorModule", "DataraxModule", "IterationCount"]

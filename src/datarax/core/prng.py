@@ -1,0 +1,91 @@
+"""The seed contract: where every random choice in datarax comes from.
+
+Randomness never comes from a stateful generator inside the compiled step.
+Each stochastic module names an ``nnx.Rngs`` stream; the stream's root key is
+read (never advanced) and the key for record ``r`` in epoch ``e`` is
+
+    fold_in(fold_in(stream_root_key, e), r)
+
+so what a record sees depends only on (stream seed, epoch, record index): not
+on batch size, prefetch depth, worker or host count, or where in the stream
+the record happens to be served.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> root = stream_root_key(nnx.Rngs(augment=7), "augment")
+    >>> a = record_keys(root, 0, jnp.array([3, 5]))
+    >>> b = record_keys(root, 0, jnp.array([5]))
+    >>> bool((jax.random.key_data(a[1]) == jax.random.key_data(b[0])).all())
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def stream_root_key(rngs: nnx.Rngs, stream_name: str) -> jax.Array:
+    """Returns the root key of ``stream_name`` without advancing the stream.
+
+    A stream missing from ``rngs`` falls back to ``default``, as ``nnx.Rngs`` does.
+
+    Args:
+        rngs: The module's random number generators.
+        stream_name: Name of the stream.
+
+    Returns:
+        A typed PRNG key (scalar).
+
+    Raises:
+        ValueError: If neither the stream nor ``default`` exists.
+    """
+    if stream_name in rngs:
+        return rngs[stream_name].key[...]
+    if "default" in rngs:
+        return rngs["default"].key[...]
+    raise ValueError(
+        f"rng stream {stream_name!r} is not in rngs (streams: {list(rngs)}) and there is no default"
+    )
+
+
+def record_keys(root_key: jax.Array, epoch: Any, records: Any) -> jax.Array:
+    """Per-record keys ``fold_in(fold_in(root_key, epoch), record)``.
+
+    Args:
+        root_key: A stream's root key (typed or raw uint32).
+        epoch: Epoch number (int or traced scalar).
+        records: 1-D integer vector of record indices (traced or concrete).
+
+    Returns:
+        A vector of keys, one per record.
+    """
+    epoch_key = jax.random.fold_in(root_key, jnp.asarray(epoch, dtype=jnp.uint32))
+    records = jnp.asarray(records).astype(jnp.uint32)
+    return jax.vmap(lambda r: jax.random.fold_in(epoch_key, r))(records)
+
+
+def seed_from_key(key: jax.Array) -> int:
+    """Folds a concrete PRNG key into a 32-bit integer seed (for the host-side shuffle).
+
+    Args:
+        key: A concrete typed or raw key.
+
+    Returns:
+        An int in ``[0, 2**32)``; ``jax.random.key(s)`` gives back ``s`` for ``s < 2**32``.
+    """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    words = np.asarray(key, dtype=np.uint64).reshape(-1)
+    seed = np.uint64(0)
+    for word in words[:-1]:
+        seed = (seed * np.uint64(0x9E3779B1) + word) & np.uint64(0xFFFFFFFF)
+    return int((seed * np.uint64(0x85EBCA6B) ^ words[-1]) & np.uint64(0xFFFFFFFF))
+
+
+__all__ = ["record_keys", "seed_from_key", "stream_root_key"]
