@@ -23,14 +23,22 @@ _EXPORTS = {
     "MemorySource": "datarax.sources.memory",
     "MemorySourceConfig": "datarax.sources.memory",
     "OperatorConfig": "datarax.core.config",
+    "OrbaxCheckpointHandler": "datarax.checkpoint.handler",
+    "Pipeline": "datarax.pipeline.pipeline",
+    "PipelineIterator": "datarax.pipeline.iterator",
     "StructuralConfig": "datarax.core.config",
+    "prefetch_to_device": "datarax.pipeline.prefetch",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - static analysis only
     from datarax.batching.default import DefaultBatcher, DefaultBatcherConfig
+    from datarax.checkpoint.handler import OrbaxCheckpointHandler
     from datarax.core.config import DataraxModuleConfig, OperatorConfig, StructuralConfig
     from datarax.core.element_batch import Batch, Element
     from datarax.core.module import DataraxModule
+    from datarax.pipeline.iterator import PipelineIterator
+    from datarax.pipeline.pipeline import Pipeline
+    from datarax.pipeline.prefetch import prefetch_to_device
     from datarax.sources.memory import MemorySource, MemorySourceConfig
 
 

@@ -142,6 +142,19 @@ def test_dtypes_are_preserved():
     assert conforms(batch, BATCHER.batch_spec(spec_of(elements[0]), batch_size=4))
 
 
+def test_jax_array_elements_are_batched():
+    # Records served by a device source are jax arrays; numpy and jax leaves of
+    # the same shape and dtype mix freely.
+    elements = [{"x": jnp.full((2,), i, jnp.float32), "y": jnp.int32(i)} for i in range(3)]
+    elements.append({"x": np.full((2,), 3, np.float32), "y": np.int32(3)})
+    (batch,) = BATCHER(elements, batch_size=4)
+    np.testing.assert_array_equal(batch["y"], [0, 1, 2, 3])
+    assert batch["x"].dtype == jnp.float32 and batch["x"].shape == (4, 2)
+    with pytest.raises(ValueError, match="element 1"):
+        list(BATCHER([{"x": jnp.zeros(2, jnp.float32)}, {"x": jnp.zeros(2, jnp.int32)}],
+                     batch_size=2))
+
+
 def test_element_objects_are_accepted():
     elements = [Element({"x": np.full(3, i, np.float32)}) for i in range(3)]
     mixed = [elements[0], {"x": np.full(3, 1, np.float32)}, elements[2]]

@@ -22,7 +22,6 @@ class Rotate(SamplerModule):
     """position -> (position + epoch + 1) mod n: a bijection for every epoch."""
 
     def indices_at(self, positions, num_records, epoch):
-        xp = np if isinstance(positions, np.ndarray) else jnp
         return (positions + epoch + 1) % num_records
 
 

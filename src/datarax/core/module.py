@@ -467,6 +467,14 @@ class CheckpointableIteratorModule(DataraxModule, Generic[T_co]):
     def __iter__(self):
         return self
 
+    def __next__(self) -> T_co:
+        """Returns the next item (subclasses implement).
+
+        Raises:
+            NotImplementedError: On the base class.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement __next__()")
+
     def reset(self) -> None:
         """Reset the iterator to its initial state.
 

@@ -40,9 +40,17 @@ class SharderModule(StructuralModule):
             ValueError: If the batch does not divide evenly or the index is out of range.
         """
         global_batch_size = validate_batch_size(global_batch_size)
-        if not isinstance(process_count, int) or process_count <= 0:
+        if (
+            isinstance(process_count, bool)
+            or not isinstance(process_count, int)
+            or process_count <= 0
+        ):
             raise ValueError(f"process_count must be a positive int, got {process_count!r}")
-        if not isinstance(process_index, int) or not 0 <= process_index < process_count:
+        if (
+            isinstance(process_index, bool)
+            or not isinstance(process_index, int)
+            or not 0 <= process_index < process_count
+        ):
             raise ValueError(
                 f"process_index must be an int in [0, {process_count}), got {process_index!r}"
             )

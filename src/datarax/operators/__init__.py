@@ -1,0 +1,32 @@
+"""Operators: per-element transforms, written for one record and ``vmap``ped over batches.
+
+* ``ElementOperator``: a whole-element function ``fn(element, key)``.
+* ``MapOperator``: a leaf function applied to chosen keys.
+* ``CompositeOperator``: children chained, merged, branched or mixed.
+* ``ProbabilisticOperator``: a child applied to each record with probability ``p``.
+* ``SelectorOperator``: one randomly chosen child per record.
+
+Every operator follows ``datarax.core.operator.OperatorModule``: ``apply`` is pure, randomness
+comes only from the per-record key, and ``output_spec`` checks compatibility at construction.
+Operators that hold children give child ``i`` a key folded from their own record key.
+"""
+
+from datarax.operators.composite import STRATEGIES, CompositeOperator, CompositeOperatorConfig
+from datarax.operators.element import ElementOperator, ElementOperatorConfig
+from datarax.operators.map import MapOperator, MapOperatorConfig
+from datarax.operators.probabilistic import ProbabilisticOperator, ProbabilisticOperatorConfig
+from datarax.operators.selector import SelectorOperator, SelectorOperatorConfig
+
+__all__ = [
+    "STRATEGIES",
+    "CompositeOperator",
+    "CompositeOperatorConfig",
+    "ElementOperator",
+    "ElementOperatorConfig",
+    "MapOperator",
+    "MapOperatorConfig",
+    "ProbabilisticOperator",
+    "ProbabilisticOperatorConfig",
+    "SelectorOperator",
+    "SelectorOperatorConfig",
+]

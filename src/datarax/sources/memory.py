@@ -55,8 +55,9 @@ def _validated_columns(data: Any) -> tuple[dict[str, jax.Array], int]:
             )
         if value.ndim == 0:
             raise ValueError(f"MemorySource: column {key!r} is a scalar; expected a leading record axis")
+        # jnp.issubdtype also knows the ml_dtypes (bfloat16, float8, int4) as numbers.
         if value.dtype == object or not (
-            np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.bool_)
+            jnp.issubdtype(value.dtype, jnp.number) or jnp.issubdtype(value.dtype, jnp.bool_)
         ):
             raise TypeError(f"MemorySource: column {key!r} has non-numeric dtype {value.dtype}")
         lengths[key] = int(value.shape[0])
@@ -66,6 +67,9 @@ def _validated_columns(data: Any) -> tuple[dict[str, jax.Array], int]:
     n = next(iter(lengths.values()))
     if n == 0:
         raise ValueError("MemorySource: columns have zero records; expected at least one")
+    # The host-to-device copy is asynchronous: finish it now, so that a caller
+    # who later mutates its numpy arrays cannot change the records.
+    jax.block_until_ready(columns)
     return columns, n
 
 

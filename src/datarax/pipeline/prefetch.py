@@ -1,0 +1,150 @@
+"""``prefetch_to_device``: a bounded background queue in front of any iterator.
+
+A thread pulls batches from the wrapped iterator, places them on the device
+(``jax.device_put``, optionally with a sharding) and keeps at most ``size``
+of them ready. If the wrapped iterator is ``Checkpointable``, the thread
+records its state right after producing each batch and the prefetcher
+reports the state recorded with the last batch *handed to the consumer*, so
+resuming from it is exact however far ahead the thread has run.
+
+Example:
+    >>> import numpy as np
+    >>> from datarax import Pipeline
+    >>> from datarax.pipeline import prefetch_to_device
+    >>> from datarax.sources import MemorySource, MemorySourceConfig
+    >>> source = MemorySource(MemorySourceConfig(), data={"x": np.arange(6)})
+    >>> it = prefetch_to_device(iter(Pipeline(source=source, batch_size=2)), size=2)
+    >>> next(it)["x"].tolist(), it.get_state()["position"]
+    ([0, 1], 2)
+    >>> it.close()
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+
+from datarax.typing import Checkpointable
+
+_END = object()
+
+
+class PrefetchIterator:
+    """Background prefetching wrapper (see ``prefetch_to_device``)."""
+
+    def __init__(self, iterator: Iterator[Any], size: int, sharding: Any | None):
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"prefetch_to_device: size must be a positive int, got {size!r}")
+        self._inner = iterator
+        self._size = size
+        self._sharding = sharding
+        self._checkpointable = isinstance(iterator, Checkpointable)
+        self._state = iterator.get_state() if self._checkpointable else None
+        self._start()
+
+    def _start(self) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=self._size)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._work, name="datarax-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for batch in self._inner:
+                if self._sharding is not None:
+                    batch = jax.device_put(batch, self._sharding)
+                else:
+                    batch = jax.device_put(batch)
+                state = self._inner.get_state() if self._checkpointable else None
+                if not self._put((batch, state, None)):
+                    return
+            self._put((_END, None, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            self._put((_END, None, error))
+
+    def __iter__(self) -> PrefetchIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        batch, state, error = self._queue.get()
+        if batch is _END:
+            self._done = True
+            if error is not None:
+                raise error
+            raise StopIteration
+        self._state = state
+        return batch
+
+    def _halt(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def close(self) -> None:
+        """Stops the background thread."""
+        self._halt()
+        self._done = True
+
+    def get_state(self) -> dict[str, Any]:
+        """The wrapped iterator's state after the last batch handed out.
+
+        Raises:
+            TypeError: If the wrapped iterator is not ``Checkpointable``.
+        """
+        if not self._checkpointable:
+            raise TypeError(f"{type(self._inner).__name__} is not Checkpointable")
+        return dict(self._state)
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores the wrapped iterator and restarts prefetching from there.
+
+        Raises:
+            TypeError: If the wrapped iterator is not ``Checkpointable``.
+        """
+        if not self._checkpointable:
+            raise TypeError(f"{type(self._inner).__name__} is not Checkpointable")
+        self._halt()
+        try:
+            self._inner.set_state(state)
+        finally:
+            # Work done ahead is discarded: the inner iterator restarts at the
+            # consumer's cursor (or at the new state), so nothing is lost.
+            if self._state is not None and self._inner.get_state() != dict(state):
+                self._inner.set_state(self._state)
+            self._state = self._inner.get_state()
+            self._start()
+
+
+def prefetch_to_device(iterator: Iterator[Any], size: int = 2, sharding: Any | None = None) -> PrefetchIterator:
+    """Wraps ``iterator`` in a bounded background queue that places batches on device.
+
+    Args:
+        iterator: Any iterator of pytrees; if ``Checkpointable``, so is the result.
+        size: Maximum number of batches held ready.
+        sharding: Optional ``jax.sharding.Sharding`` for ``jax.device_put``.
+
+    Returns:
+        A ``PrefetchIterator``.
+
+    Raises:
+        ValueError: If ``size`` is not a positive int.
+    """
+    return PrefetchIterator(iterator, size, sharding)
+
+
+__all__ = ["PrefetchIterator", "prefetch_to_device"]
