@@ -93,17 +93,33 @@ class BatcherModule(StructuralModule):
                 already uses the reserved key ``valid_mask``.
             TypeError: If ``element_spec`` is not a dict.
         """
-        batch_size = validate_batch_size(batch_size)
-        if not isinstance(element_spec, Mapping):
-            raise TypeError(
-                f"batch_spec: element_spec must be a dict of ShapeDtypeStruct, "
-                f"got {type(element_spec).__name__}"
-            )
-        if VALID_MASK in element_spec:
-            raise ValueError(f"batch_spec: element_spec uses the reserved key {VALID_MASK!r}")
-        batched = dict(add_leading_dim(dict(element_spec), batch_size))
-        batched[VALID_MASK] = jax.ShapeDtypeStruct((batch_size,), np.dtype(bool))
-        return batched
+        return batched_spec(element_spec, batch_size=batch_size)
 
 
-__all__ = ["VALID_MASK", "BatcherModule", "validate_batch_size"]
+def batched_spec(element_spec: Any, *, batch_size: int) -> dict[str, Any]:
+    """The one batch form's spec: ``element_spec`` with a leading ``batch_size`` axis plus ``valid_mask``.
+
+    Args:
+        element_spec: Dict pytree of ``jax.ShapeDtypeStruct`` for one element.
+        batch_size: Number of rows.
+
+    Returns:
+        The batched spec, with ``"valid_mask"`` of shape ``(batch_size,)`` and dtype bool.
+
+    Raises:
+        ValueError: If ``batch_size`` is not positive or ``valid_mask`` is already used.
+        TypeError: If ``element_spec`` is not a dict.
+    """
+    batch_size = validate_batch_size(batch_size)
+    if not isinstance(element_spec, Mapping):
+        raise TypeError(
+            f"batch_spec: element_spec must be a dict of ShapeDtypeStruct, got {type(element_spec).__name__}"
+        )
+    if VALID_MASK in element_spec:
+        raise ValueError(f"batch_spec: element_spec uses the reserved key {VALID_MASK!r}")
+    batched = dict(add_leading_dim(dict(element_spec), batch_size))
+    batched[VALID_MASK] = jax.ShapeDtypeStruct((batch_size,), np.dtype(bool))
+    return batched
+
+
+__all__ = ["VALID_MASK", "BatcherModule", "batched_spec", "validate_batch_size"]

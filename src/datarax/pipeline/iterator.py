@@ -69,6 +69,7 @@ class PipelineIterator:
         self._stop_epoch = None if pipeline.num_epochs is None else self._epoch + pipeline.num_epochs
         self._queue: collections.deque = collections.deque()
         self._dispatch = (self._epoch, self._position)
+        self._identity_fields = self._identity()
 
     # -- the stream -----------------------------------------------------------
 
@@ -142,7 +143,7 @@ class PipelineIterator:
             "epoch": self._epoch,
             "position": self._position,
             "stop_epoch": self._stop_epoch,
-            **self._identity(),
+            **self._identity_fields,
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -169,7 +170,7 @@ class PipelineIterator:
             raise ValueError(
                 f"PipelineIterator.set_state: state version {state['version']!r} is not {STATE_VERSION}"
             )
-        for key, value in self._identity().items():
+        for key, value in self._identity_fields.items():
             if state[key] != value:
                 raise ValueError(
                     "PipelineIterator.set_state: the state comes from a differently configured pipeline: "

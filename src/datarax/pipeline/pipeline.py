@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from datarax.core.batcher import VALID_MASK, BatcherModule, validate_batch_size
+from datarax.core.batcher import VALID_MASK, batched_spec, validate_batch_size
 from datarax.core.config import DataraxModuleConfig
 from datarax.core.data_source import DataSourceModule
 from datarax.core.module import DataraxModule
@@ -323,7 +323,7 @@ class Pipeline(DataraxModule):
 
     def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The spec of every batch: ``element_spec`` batched, plus ``valid_mask``."""
-        return BatcherModule.batch_spec(self, self.element_spec(), batch_size=self.batch_size)
+        return batched_spec(self.element_spec(), batch_size=self.batch_size)
 
     def fingerprint(self) -> int:
         """A 32-bit digest of what determines the stream, stored in iterator states."""
