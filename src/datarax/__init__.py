@@ -20,6 +20,8 @@ _EXPORTS = {
     "DefaultBatcher": "datarax.batching.default",
     "DefaultBatcherConfig": "datarax.batching.default",
     "Element": "datarax.core.element_batch",
+    "ElementOperator": "datarax.operators.element",
+    "ElementOperatorConfig": "datarax.operators.element",
     "MemorySource": "datarax.sources.memory",
     "MemorySourceConfig": "datarax.sources.memory",
     "OperatorConfig": "datarax.core.config",
@@ -36,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - static analysis only
     from datarax.core.config import DataraxModuleConfig, OperatorConfig, StructuralConfig
     from datarax.core.element_batch import Batch, Element
     from datarax.core.module import DataraxModule
+    from datarax.operators.element import ElementOperator, ElementOperatorConfig
     from datarax.pipeline.iterator import PipelineIterator
     from datarax.pipeline.pipeline import Pipeline
     from datarax.pipeline.prefetch import prefetch_to_device

@@ -39,7 +39,9 @@ def _config(strategy="sequential", **kwargs):
 
 
 def _stochastic_config(strategy="sequential", **kwargs):
-    return CompositeOperatorConfig(strategy=strategy, stochastic=True, stream_name="augment", **kwargs)
+    return CompositeOperatorConfig(
+        strategy=strategy, stochastic=True, stream_name="augment", **kwargs
+    )
 
 
 ADD1 = _op(lambda e: {**e, "x": e["x"] + 1}, name="add1")
@@ -75,20 +77,20 @@ def test_strategies_are_the_four_documented():
     ("kwargs", "match"),
     [
         ({"strategy": "random"}, "strategy must be one of.*got 'random'"),
-        ({"strategy": "weighted", "weights": (1.0, 0.0)}, r"weights must all be finite positive.*\(1.0, 0.0\)"),
-        ({"strategy": "weighted", "weights": (1.0, -2.0)}, "weights must all be finite positive"),
-        ({"strategy": "weighted", "weights": (float("nan"),)}, "weights must all be finite positive"),
-        ({"strategy": "weighted", "weights": (True, 1.0)}, "weights must all be finite positive"),
-        ({"strategy": "weighted", "weights": ()}, r"weights must be None or a non-empty tuple.*\(\)"),
-        ({"strategy": "weighted", "weights": "12"}, "weights must be None or a non-empty tuple.*'12'"),
-        ({"strategy": "sequential", "weights": (1.0, 2.0)}, "weights=.*only used by strategy='weighted'"),
-        ({"strategy": "weighted", "learnable_weights": 1}, "learnable_weights must be a bool, got 1"),
-        ({"strategy": "parallel", "learnable_weights": True}, "learnable_weights=True is only used"),
+        ({"weights": (1.0, 0.0)}, r"weights must all be finite positive.*\(1.0, 0.0\)"),
+        ({"weights": (1.0, -2.0)}, "weights must all be finite positive"),
+        ({"weights": (float("nan"),)}, "weights must all be finite positive"),
+        ({"weights": (True, 1.0)}, "weights must all be finite positive"),
+        ({"weights": ()}, r"weights must be None or a non-empty tuple.*\(\)"),
+        ({"weights": "12"}, "weights must be None or a non-empty tuple.*'12'"),
+        ({"strategy": "sequential", "weights": (1.0, 2.0)}, "weights=.*only used by strategy="),
+        ({"learnable_weights": 1}, "learnable_weights must be a bool, got 1"),
+        ({"strategy": "parallel", "learnable_weights": True}, "learnable_weights=True is only"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        CompositeOperatorConfig(**kwargs)
+        CompositeOperatorConfig(**{"strategy": "weighted", **kwargs})
 
 
 def test_config_normalises_weights_to_floats():
@@ -113,7 +115,8 @@ def test_config_type_is_checked():
 
 
 def test_stochastic_child_requires_a_stochastic_composite():
-    with pytest.raises(ValueError, match=r"operators\[1\] \(ElementOperator\('noisy'\)\) is stochastic"):
+    noisy = r"operators\[1\] \(ElementOperator\('noisy'\)\) is stochastic"
+    with pytest.raises(ValueError, match=noisy):
         CompositeOperator(_config(), [ADD1, _noise_op(name="noisy")])
     # Configured stochastic, it also needs rngs (the base operator contract).
     with pytest.raises(ValueError, match="rngs"):
@@ -140,9 +143,8 @@ def test_branch_condition_checks():
 
 
 def test_children_live_in_an_nnx_list_and_their_params_are_state():
-    op = CompositeOperator(
-        _config(), [ElementOperator(DET, LearnableScale(2.0)), ElementOperator(DET, LearnableScale(3.0))]
-    )
+    children = [ElementOperator(DET, LearnableScale(v)) for v in (2.0, 3.0)]
+    op = CompositeOperator(_config(), children)
     assert isinstance(op.operators, nnx.List)
     params = nnx.state(op, nnx.Param)
     assert sorted(float(p) for p in jax.tree.leaves(params)) == [2.0, 3.0]
@@ -221,7 +223,8 @@ def test_parallel_gives_every_child_the_same_input_and_merges_later_wins():
 def test_parallel_shared_key_with_different_spec_is_value_error_at_output_spec():
     to_int = _op(lambda e: {"x": e["x"].astype(jnp.int32)}, name="to_int")
     op = CompositeOperator(_config("parallel"), [ADD1, to_int], name="par")
-    with pytest.raises(ValueError, match=r"par.*disagree on key 'x'.*operators\[1\].*to_int.*operators\[0\]"):
+    expected = r"par.*disagree on key 'x'.*operators\[1\].*to_int.*operators\[0\]"
+    with pytest.raises(ValueError, match=expected):
         op.output_spec({"x": SDS((2,), jnp.float32), "label": SDS((), jnp.int32)})
 
 
@@ -256,7 +259,8 @@ def test_branch_spec_mismatch_is_value_error_naming_the_branch():
         _config("branch"), [ADD1, to_int], conditions=[lambda e: e["label"] > 0], name="br"
     )
     spec = {"x": SDS((2,), jnp.float32), "label": SDS((), jnp.int32)}
-    with pytest.raises(ValueError, match=r"br.*branches.*branch 1 \(operators\[1\] \(ElementOperator\('to_int'\)\)\)"):
+    expected = r"br.*branches.*branch 1 \(operators\[1\] \(ElementOperator\('to_int'\)\)\)"
+    with pytest.raises(ValueError, match=expected):
         op.output_spec(spec)
 
 
@@ -315,12 +319,14 @@ def test_weighted_needs_floating_leaves():
 def test_weighted_spec_mismatch_is_value_error():
     crop = _op(lambda e: {"x": e["x"][:1]}, name="crop")
     op = CompositeOperator(_config("weighted"), [ADD1, crop], name="mix")
-    with pytest.raises(ValueError, match=r"mix.*operators\[1\] \(ElementOperator\('crop'\)\) differs"):
+    expected = r"mix.*operators\[1\] \(ElementOperator\('crop'\)\) differs"
+    with pytest.raises(ValueError, match=expected):
         op.output_spec({"x": SDS((2,), jnp.float32)})
 
 
 def test_learnable_weights_are_a_param_initialised_to_the_normalised_weights():
-    op = CompositeOperator(_config("weighted", weights=(1, 3), learnable_weights=True), [ADD1, DOUBLE])
+    config = _config("weighted", weights=(1, 3), learnable_weights=True)
+    op = CompositeOperator(config, [ADD1, DOUBLE])
     assert isinstance(op.weight_logits, nnx.Param)
     np.testing.assert_allclose(op.mixing_weights(), [0.25, 0.75], rtol=1e-6)
 

@@ -57,7 +57,7 @@ def test_shuffle_sampler_permutation_property(n, seed, epoch):
     np.testing.assert_array_equal(sampler.indices_at_np(positions, n, epoch), order[positions])
 
 
-@pytest.mark.parametrize("n", [1, 20, 1000])
+@pytest.mark.parametrize("n", [1, 65])
 def test_indices_at_jitted_with_traced_epoch_matches_numpy(n):
     sampler = ShuffleSampler(ShuffleSamplerConfig(seed=99))
     traces = []

@@ -52,7 +52,9 @@ def record_key(op: OperatorModule, key: jax.Array | None) -> jax.Array | None:
 def require_element(op: Any, element: Any) -> None:
     """Raises TypeError unless ``element`` is a mapping (one record's dict of arrays)."""
     if not isinstance(element, Mapping):
-        raise TypeError(f"{label(op)}: element must be a dict of arrays, got {type(element).__name__}")
+        raise TypeError(
+            f"{label(op)}: element must be a dict of arrays, got {type(element).__name__}"
+        )
 
 
 def child_operators(owner: Any, operators: Any, *, stochastic: bool) -> list[OperatorModule]:
@@ -145,7 +147,9 @@ def normalised_weights(config_name: str, weights: Any) -> tuple[float, ...] | No
     return tuple(float(w) for w in weights)
 
 
-def check_weight_count(owner: Any, weights: tuple[float, ...] | None, count: int) -> tuple[float, ...]:
+def check_weight_count(
+    owner: Any, weights: tuple[float, ...] | None, count: int
+) -> tuple[float, ...]:
     """Normalises ``weights`` to sum 1 (uniform when None), checking there is one per child."""
     if weights is None:
         return tuple(1.0 / count for _ in range(count))

@@ -50,8 +50,9 @@ class ProbabilisticOperatorConfig(OperatorConfig):
             and 1 and ``stochastic`` is False.
 
     Example:
-        >>> ProbabilisticOperatorConfig(probability=0.25, stochastic=True, stream_name="aug").probability
-        0.25
+        >>> config = ProbabilisticOperatorConfig(probability=1, stochastic=True, stream_name="aug")
+        >>> config.probability
+        1.0
     """
 
     probability: float = 0.5
@@ -60,7 +61,8 @@ class ProbabilisticOperatorConfig(OperatorConfig):
         super().__post_init__()
         name = type(self).__name__
         p = self.probability
-        if isinstance(p, bool) or not isinstance(p, Real) or not math.isfinite(p) or not 0 <= p <= 1:
+        is_number = isinstance(p, Real) and not isinstance(p, bool)
+        if not is_number or not math.isfinite(p) or not 0 <= p <= 1:
             raise ValueError(f"{name}: probability must be a number in [0, 1], got {p!r}")
         object.__setattr__(self, "probability", float(p))
         if not self.stochastic and p not in (0, 1):
@@ -89,7 +91,8 @@ class ProbabilisticOperator(OperatorModule):
         >>> from flax import nnx
         >>> from datarax.operators.element import ElementOperator, ElementOperatorConfig
         >>> flip = ElementOperator(ElementOperatorConfig(), lambda e, k: {"x": e["x"][::-1]})
-        >>> config = ProbabilisticOperatorConfig(probability=1.0, stochastic=True, stream_name="aug")
+        >>> config = ProbabilisticOperatorConfig(probability=1.0, stochastic=True,
+        ...                                      stream_name="aug")
         >>> op = ProbabilisticOperator(config, flip, rngs=nnx.Rngs(aug=0))
         >>> op({"x": jnp.array([[1, 2]])}, op.record_keys(0, jnp.arange(1)))["x"].tolist()
         [[2, 1]]

@@ -1,9 +1,9 @@
 """SelectorOperator: run one randomly chosen child operator per record.
 
-With the record key ``k``, the operator picks child ``i`` with probability ``weights[i]`` (normalised
-to sum 1; None: uniform) by ``jax.random.categorical(fold_in(k, 0), log(weights))`` and runs it
-with ``fold_in(k, 1)`` through ``jax.lax.switch``. The choice therefore depends only on (stream
-seed, epoch, record), never on the batch, and a new epoch chooses anew.
+With the record key ``k``, the operator picks child ``i`` with probability ``weights[i]``
+(normalised to sum 1; None: uniform) by ``jax.random.categorical(fold_in(k, 0), log(weights))``
+and runs it with ``fold_in(k, 1)`` through ``jax.lax.switch``. The choice therefore depends only
+on (stream seed, epoch, record), never on the batch, and a new epoch chooses anew.
 
 ``lax.switch`` needs every branch to return the same structure, so all children must produce the
 same element spec; this is checked while tracing, hence by ``output_spec`` at pipeline
