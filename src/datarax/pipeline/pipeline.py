@@ -108,10 +108,11 @@ class Pipeline(DataraxModule):
         num_epochs: int | None = 1,
         prefetch: int = 2,
         name: str | None = None,
-        _dag: tuple[Mapping[str, OperatorModule], DagGraph] | None = None,
+        _dag: tuple[Mapping[str, OperatorModule], DagGraph, tuple[str, ...]] | None = None,
     ):
-        if _dag is not None:  # from_dag: nodes and a validated graph
-            nodes, graph = _dag
+        salted: tuple[str, ...] = ()
+        if _dag is not None:  # from_dag: nodes, a validated graph, the nodes holding clones
+            nodes, graph, salted = _dag
         else:
             if isinstance(stages, OperatorModule) or not isinstance(stages, Sequence):
                 raise TypeError(
@@ -133,6 +134,9 @@ class Pipeline(DataraxModule):
             prefetch=prefetch,
             name=name,
         )
+        # A cloned operator has its original's stream key; folding the node's
+        # name into its record keys gives each branch its own draws.
+        self.key_salts = tuple((n, zlib.crc32(n.encode())) for n in salted)
 
     @classmethod
     def from_dag(
@@ -194,9 +198,11 @@ class Pipeline(DataraxModule):
         graph = validate_dag(list(nodes), edges, sink)
         seen: set[int] = set()
         own_nodes = {}
+        cloned = []
         for node_name, op in nodes.items():
             if id(op) in seen and isinstance(op, OperatorModule):
                 op = op.clone()
+                cloned.append(node_name)
             seen.add(id(op))
             own_nodes[node_name] = op
         return cls(
@@ -208,7 +214,7 @@ class Pipeline(DataraxModule):
             num_epochs=num_epochs,
             prefetch=prefetch,
             name=name,
-            _dag=(own_nodes, graph),
+            _dag=(own_nodes, graph, tuple(cloned)),
         )
 
     def _build(
@@ -331,6 +337,7 @@ class Pipeline(DataraxModule):
             type(self.source).__name__,
             spec_to_str(self.source.element_spec()),
             str(self.graph),
+            str(self.key_salts),
             *(f"{n}:{type(op).__name__}:{op.stream_name}" for n, op in self.nodes.items()),
         ]
         for op in self.nodes.values():
@@ -355,10 +362,14 @@ class Pipeline(DataraxModule):
         positions = jnp.minimum(positions, self.num_records - 1)
         records = self.sampler.indices_at(positions, self.num_records, epoch)
         values = {SOURCE: self.source.get_records(records)}
+        salts = dict(self.key_salts)
         for node_name in self.graph.order:
             op = self.nodes[node_name]
             inputs = _merge_inputs([values[p] for p in self.graph.inputs[node_name]])
-            values[node_name] = op.apply_batch(inputs, op.record_keys(epoch, records))
+            keys = op.record_keys(epoch, records)
+            if keys is not None and node_name in salts:
+                keys = jax.vmap(lambda k, salt=salts[node_name]: jax.random.fold_in(k, salt))(keys)
+            values[node_name] = op.apply_batch(inputs, keys)
         return {**values[self.graph.sink], VALID_MASK: valid}
 
     def compiled_step(self) -> Callable[[Any, Any, Any], dict[str, jax.Array]]:
