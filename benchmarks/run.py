@@ -188,35 +188,52 @@ def time_to_first_batch(data, batch_size: int, *, flip: bool, chain: int, target
     return time.perf_counter() - start
 
 
-def measure(
-    name: str, data, batch_size: int, *, flip: bool, repeats: int, chain: int = 0, target: str = "image"
-) -> dict:
-    n_elements = (data["image"].shape[0] // batch_size) * batch_size
-    ttfb = time_to_first_batch(data, batch_size, flip=flip, chain=chain, target=target)
-    pipeline = build_pipeline(data, batch_size, flip=flip, chain=chain, target=target)
-    iterator = iter(pipeline)
-    jax_loop = make_jax_loop(data, batch_size, flip=flip, chain=chain, target=target)
-    numpy_loop = make_numpy_loop(data, batch_size, flip=flip, chain=chain, target=target)
-    pipeline_epoch(pipeline, iterator)  # warm-up: compile
-    jax_loop(0)
-    times = {"datarax": [], "jax loop": [], "numpy loop": []}
-    for r in range(repeats):  # interleaved, so drifts in machine load hit all three alike
-        times["datarax"].append(pipeline_epoch(pipeline, iterator))
-        times["jax loop"].append(jax_loop(r + 1))
-        times["numpy loop"].append(numpy_loop(r + 1))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    steps = n_elements // batch_size
-    return {
-        "workload": name,
-        "batch": batch_size,
-        "datarax el/s": n_elements / med["datarax"],
-        "jax loop el/s": n_elements / med["jax loop"],
-        "numpy loop el/s": n_elements / med["numpy loop"],
-        "datarax / jax": med["jax loop"] / med["datarax"],
-        "datarax / numpy": med["numpy loop"] / med["datarax"],
-        "per-batch ms (datarax / jax)": (1e3 * med["datarax"] / steps, 1e3 * med["jax loop"] / steps),
-        "first batch s": ttfb,
-    }
+def measure(workloads: list[dict], *, repeats: int) -> list[dict]:
+    """Times every system of every workload in the group, interleaved round-robin.
+
+    Each workload is ``{"name", "data", "batch_size", "flip", "chain", "target"}``.
+    Interleaving means drifts in machine load hit every system and workload of
+    the group alike, so ratios inside a group (datarax vs baselines, depth 1 vs
+    depth 32) are meaningful even on a noisy machine.
+    """
+    prepared = []
+    for w in workloads:
+        kwargs = {"flip": w["flip"], "chain": w.get("chain", 0), "target": w.get("target", "image")}
+        data, batch_size = w["data"], w["batch_size"]
+        ttfb = time_to_first_batch(data, batch_size, **kwargs)
+        pipeline = build_pipeline(data, batch_size, **kwargs)
+        iterator = iter(pipeline)
+        systems = {
+            "datarax": lambda r, p=pipeline, it=iterator: pipeline_epoch(p, it),
+            "jax loop": make_jax_loop(data, batch_size, **kwargs),
+            "numpy loop": make_numpy_loop(data, batch_size, **kwargs),
+        }
+        systems["datarax"](0)  # warm-up: compile
+        systems["jax loop"](0)
+        prepared.append((w, ttfb, systems, {name: [] for name in systems}))
+    for r in range(repeats):
+        for _, _, systems, times in prepared:
+            for name, run in systems.items():
+                times[name].append(run(r + 1))
+    rows = []
+    for w, ttfb, _, times in prepared:
+        med = {k: statistics.median(v) for k, v in times.items()}
+        n_elements = (w["data"]["image"].shape[0] // w["batch_size"]) * w["batch_size"]
+        steps = n_elements // w["batch_size"]
+        rows.append(
+            {
+                "workload": w["name"],
+                "batch": w["batch_size"],
+                "datarax el/s": n_elements / med["datarax"],
+                "jax loop el/s": n_elements / med["jax loop"],
+                "numpy loop el/s": n_elements / med["numpy loop"],
+                "datarax / jax": med["jax loop"] / med["datarax"],
+                "datarax / numpy": med["numpy loop"] / med["datarax"],
+                "per-batch ms (datarax / jax)": (1e3 * med["datarax"] / steps, 1e3 * med["jax loop"] / steps),
+                "first batch s": ttfb,
+            }
+        )
+    return rows
 
 
 def render(rows: list[dict]) -> str:
@@ -245,18 +262,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be positive and --scale in (0, 1]")
     w1 = make_data(int(50_000 * args.scale), (32, 32, 3), seed=1)
     w2 = make_data(int(60_000 * args.scale), (28, 28), seed=2)
-    rows = [
-        measure("W1", w1, 128, flip=True, repeats=args.repeats),
-        measure("W2", w2, 256, flip=False, repeats=args.repeats),
-    ]
+    rows = measure(
+        [
+            {"name": "W1", "data": w1, "batch_size": 128, "flip": True},
+            {"name": "W2", "data": w2, "batch_size": 256, "flip": False},
+        ],
+        repeats=args.repeats,
+    )
     for target in ("label", "image"):
-        for depth in (1, 8, 32):
-            rows.append(
-                measure(
-                    f"W3 {target} ops x{depth}", w1, 128, flip=True, chain=depth, target=target,
-                    repeats=args.repeats,
-                )
-            )
+        rows += measure(
+            [
+                {"name": f"W3 {target} ops x{d}", "data": w1, "batch_size": 128, "flip": True,
+                 "chain": d, "target": target}
+                for d in (1, 8, 32)
+            ],
+            repeats=args.repeats,
+        )
     speed = {r["workload"]: r["datarax el/s"] for r in rows}
     baseline = {r["workload"]: r["jax loop el/s"] for r in rows}
     table = render(rows)
