@@ -272,8 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     for target in ("label", "image"):
         rows += measure(
             [
-                {"name": f"W3 {target} ops x{d}", "data": w1, "batch_size": 128, "flip": True,
-                 "chain": d, "target": target}
+                {
+                    "name": f"W3 {target} ops x{d}",
+                    "data": w1,
+                    "batch_size": 128,
+                    "flip": True,
+                    "chain": d,
+                    "target": target,
+                }
                 for d in (1, 8, 32)
             ],
             repeats=args.repeats,

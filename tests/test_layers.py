@@ -41,9 +41,8 @@ def _imports(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.startswith("datarax")]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.startswith("datarax"):
-                found.append(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("datarax"):
+            found.append(node.module)
     return found
 
 

@@ -52,9 +52,9 @@ def build_demo_pipeline(data: dict[str, np.ndarray], batch_size: int, num_epochs
     """The demo's pipeline: shuffle, normalise, random shift; built the same way every time."""
     from flax import nnx
 
+    from datarax.operators import ElementOperator, ElementOperatorConfig
     from datarax.pipeline import Pipeline
     from datarax.sources import MemorySource, MemorySourceConfig
-    from datarax.operators import ElementOperator, ElementOperatorConfig
 
     source = MemorySource(MemorySourceConfig(), data=data)
     normalize = ElementOperator(ElementOperatorConfig(), fn=_normalize)
@@ -90,9 +90,9 @@ def run_demo(num_batches: int = 3, batch_size: int = 64, num_epochs: int = 2) ->
     from rich.table import Table
 
     from datarax.batching import DefaultBatcher, DefaultBatcherConfig
-    from datarax.sources import MemorySource, MemorySourceConfig
     from datarax.checkpoint import OrbaxCheckpointHandler
     from datarax.core.spec import spec_to_str
+    from datarax.sources import MemorySource, MemorySourceConfig
 
     console = Console()
     data = load_digits_arrays()

@@ -89,8 +89,7 @@ def test_padding_rows_copy_the_last_real_element(n, batch_size):
     assert real == (n % batch_size or batch_size)
     for row in range(real, batch_size):
         assert not mask[row]
-        row_values = jax.tree.map(lambda a, r=row: np.asarray(a)[r],
-                                  {k: v for k, v in last.items() if k != VALID_MASK})
+        row_values = jax.tree.map(lambda a, r=row: np.asarray(a)[r], {k: v for k, v in last.items() if k != VALID_MASK})
         jax.tree.map(np.testing.assert_array_equal, row_values, _element(n - 1))
 
 
@@ -98,9 +97,7 @@ def test_small_example_exact_values():
     elements = [{"x": np.float32(i)} for i in range(5)]
     batches = list(BATCHER(elements, batch_size=2))
     assert [np.asarray(b["x"]).tolist() for b in batches] == [[0.0, 1.0], [2.0, 3.0], [4.0, 4.0]]
-    assert [np.asarray(b[VALID_MASK]).tolist() for b in batches] == [
-        [True, True], [True, True], [True, False]
-    ]
+    assert [np.asarray(b[VALID_MASK]).tolist() for b in batches] == [[True, True], [True, True], [True, False]]
 
 
 def test_drop_remainder_drops_short_batch():
@@ -130,8 +127,7 @@ def test_empty_input_gives_no_batches():
 
 def test_dtypes_are_preserved():
     elements = [
-        {"u8": np.uint8(i), "f16": np.full(2, i, np.float16), "b": np.bool_(True),
-         "i32": jnp.int32(i)}
+        {"u8": np.uint8(i), "f16": np.full(2, i, np.float16), "b": np.bool_(True), "i32": jnp.int32(i)}
         for i in range(3)
     ]
     (batch,) = BATCHER(elements, batch_size=4)
@@ -151,8 +147,7 @@ def test_jax_array_elements_are_batched():
     np.testing.assert_array_equal(batch["y"], [0, 1, 2, 3])
     assert batch["x"].dtype == jnp.float32 and batch["x"].shape == (4, 2)
     with pytest.raises(ValueError, match="element 1"):
-        list(BATCHER([{"x": jnp.zeros(2, jnp.float32)}, {"x": jnp.zeros(2, jnp.int32)}],
-                     batch_size=2))
+        list(BATCHER([{"x": jnp.zeros(2, jnp.float32)}, {"x": jnp.zeros(2, jnp.int32)}], batch_size=2))
 
 
 def test_element_objects_are_accepted():

@@ -303,9 +303,7 @@ def test_restore_in_a_fresh_process(tmp_path):
     with OrbaxCheckpointHandler(tmp_path / "ckpt") as handler:
         handler.save(3, model)
     expected = checksum(model)
-    script = _RESTORE_SCRIPT.format(
-        tests_dir=str(Path(__file__).parent), directory=str(tmp_path / "ckpt")
-    )
+    script = _RESTORE_SCRIPT.format(tests_dir=str(Path(__file__).parent), directory=str(tmp_path / "ckpt"))
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -323,9 +321,8 @@ def test_restore_in_a_fresh_process(tmp_path):
 
 
 def test_restore_without_checkpoints(tmp_path):
-    with OrbaxCheckpointHandler(tmp_path) as handler:
-        with pytest.raises(FileNotFoundError, match="no checkpoints"):
-            handler.restore(ToyIterator())
+    with OrbaxCheckpointHandler(tmp_path) as handler, pytest.raises(FileNotFoundError, match="no checkpoints"):
+        handler.restore(ToyIterator())
 
 
 def test_restore_missing_step_names_directory_and_steps(tmp_path):

@@ -77,8 +77,7 @@ def test_batch_spec_adds_leading_dim_and_valid_mask(batcher):
 
 
 def test_batch_spec_nested_dicts(batcher):
-    spec = {"obs": {"rgb": SDS((4, 4, 3), np.float32), "depth": SDS((4, 4), np.float16)},
-            "act": SDS((2,), np.int8)}
+    spec = {"obs": {"rgb": SDS((4, 4, 3), np.float32), "depth": SDS((4, 4), np.float16)}, "act": SDS((2,), np.int8)}
     out = batcher.batch_spec(spec, batch_size=3)
     assert out["obs"] == {"rgb": SDS((3, 4, 4, 3), np.float32), "depth": SDS((3, 4, 4), np.float16)}
     assert out["act"] == SDS((3, 2), np.int8)
@@ -104,9 +103,7 @@ def test_batch_spec_bad_batch_size(batcher, bad):
         batcher.batch_spec({"x": SDS((), np.float32)}, batch_size=bad)
 
 
-@pytest.mark.parametrize(
-    "bad", [SDS((3,), np.float32), [SDS((3,), np.float32)], (SDS((), np.int32),), None]
-)
+@pytest.mark.parametrize("bad", [SDS((3,), np.float32), [SDS((3,), np.float32)], (SDS((), np.int32),), None])
 def test_batch_spec_non_dict_is_type_error(batcher, bad):
     with pytest.raises(TypeError, match="element_spec"):
         batcher.batch_spec(bad, batch_size=2)

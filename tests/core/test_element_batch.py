@@ -91,6 +91,7 @@ def test_element_is_a_pytree_with_readable_paths():
 
 def test_element_jit_round_trip():
     e = Element({"x": jnp.arange(3.0)}, state={"n": jnp.int32(1)})
+
     @jax.jit
     def step(el):
         return el.update_data({"y": el["x"].sum()}).update_state({"n": el.state["n"] + 1})
@@ -244,9 +245,7 @@ def test_from_elements_names_first_mismatching_element_and_key():
         _element(2).update_data({"y": np.float32(2)}),
         _element(3).update_data({"x": np.zeros(1)}),
     ]
-    expected = (
-        r"element 2 differs from element 0 in data: \['y'\]: expected int32\[\], got float32\[\]"
-    )
+    expected = r"element 2 differs from element 0 in data: \['y'\]: expected int32\[\], got float32\[\]"
     with pytest.raises(ValueError, match=expected):
         Batch.from_elements(bad_dtype)
     expected = (
@@ -375,16 +374,12 @@ def test_batch_pytree_paths_and_vmap():
 
 def test_batch_repr_is_compact():
     b = Batch({"x": np.zeros((2, 3), np.float32)}, metadata={"i": np.arange(2, dtype=np.int32)})
-    assert repr(b) == (
-        "Batch(batch_size=2, data={'x': float32[2,3]}, states={}, metadata={'i': int32[2]})"
-    )
+    assert repr(b) == ("Batch(batch_size=2, data={'x': float32[2,3]}, states={}, metadata={'i': int32[2]})")
 
 
 def test_from_elements_with_prng_key_and_python_int_metadata():
     keys = jax.random.split(jax.random.key(0), 2)
-    elements = [
-        Element({"x": np.float32(i)}, metadata={"rng": keys[i], "index": i}) for i in range(2)
-    ]
+    elements = [Element({"x": np.float32(i)}, metadata={"rng": keys[i], "index": i}) for i in range(2)]
     b = Batch.from_elements(elements, batch_size=3)
     assert b.metadata["index"].tolist() == [0, 1, 1]
     assert b.metadata["rng"].shape == (3,)

@@ -45,8 +45,16 @@ def test_record_metadata_defaults():
 
 
 def test_record_metadata_pytree_round_trip():
-    rm = RecordMetadata(index=1, record_key="k", rng_key=jax.random.key(0), epoch=2, global_step=3,
-                        batch_idx=4, shard_id=5, source_info={"ds": "mnist"})
+    rm = RecordMetadata(
+        index=1,
+        record_key="k",
+        rng_key=jax.random.key(0),
+        epoch=2,
+        global_step=3,
+        batch_idx=4,
+        shard_id=5,
+        source_info={"ds": "mnist"},
+    )
     leaves, treedef = jax.tree_util.tree_flatten(rm)
     assert len(leaves) == 6  # index, rng_key, epoch, global_step, batch_idx, shard_id
     back = jax.tree_util.tree_unflatten(treedef, leaves)
@@ -196,8 +204,9 @@ def test_merge():
 @pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey, None])
 def test_to_dict_from_dict_json_round_trip(make_key):
     rng = None if make_key is None else make_key(42)
-    md = Metadata(index=3, epoch=1, global_step=10, batch_idx=2, shard_id=0, rng_key=rng,
-                  source_info={"name": "ds"}, key="rec/3")
+    md = Metadata(
+        index=3, epoch=1, global_step=10, batch_idx=2, shard_id=0, rng_key=rng, source_info={"name": "ds"}, key="rec/3"
+    )
     d = md.to_dict()
     assert d["key"] == "rec/3" and d["index"] == 3 and type(d["index"]) is int
     assert d["rng_impl"] == (None if make_key is not jax.random.key else "threefry2x32")
@@ -227,8 +236,9 @@ def test_from_dict_defaults_and_unknown_fields():
 
 
 def test_metadata_pytree_round_trip():
-    md = create_metadata(index=1, epoch=2, global_step=3, batch_idx=4, shard_id=5, record_key="r",
-                         source_info={"s": "t"}, seed=0)
+    md = create_metadata(
+        index=1, epoch=2, global_step=3, batch_idx=4, shard_id=5, record_key="r", source_info={"s": "t"}, seed=0
+    )
     leaves, treedef = jax.tree_util.tree_flatten(md)
     assert len(leaves) == 7
     back = jax.tree_util.tree_unflatten(treedef, leaves)
@@ -381,9 +391,10 @@ def test_manager_epochs_and_batches():
     assert untracked.state.get_value()["epoch"] == 1
 
 
-@pytest.mark.parametrize("kwargs, name", [({"initial_epoch": -1}, "initial_epoch"),
-                                          ({"initial_step": -3}, "initial_step"),
-                                          ({"shard_id": -2}, "shard_id")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"initial_epoch": -1}, "initial_epoch"), ({"initial_step": -3}, "initial_step"), ({"shard_id": -2}, "shard_id")],
+)
 def test_manager_rejects_negative_args(kwargs, name):
     value = next(iter(kwargs.values()))
     with pytest.raises(ValueError, match=rf"{name} must be non-negative, got {value}"):

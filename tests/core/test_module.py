@@ -89,9 +89,7 @@ class Holder(DataraxModule):
 
     def __init__(self, config, sizes, *, rngs=None, name=None):
         super().__init__(config, rngs=rngs, name=name)
-        self.children = nnx.List(
-            [Extra(DataraxModuleConfig(), s, scale=float(s)) for s in sizes]
-        )
+        self.children = nnx.List([Extra(DataraxModuleConfig(), s, scale=float(s)) for s in sizes])
 
 
 class Iter(CheckpointableIteratorModule):
@@ -499,9 +497,7 @@ def test_copy_rngs_keep_and_change():
     changed = m.copy(rngs=new_rngs)
     assert changed.rngs is new_rngs
     reference = nnx.Rngs(123)
-    np.testing.assert_array_equal(
-        jax.random.key_data(changed.rngs.default()), jax.random.key_data(reference.default())
-    )
+    np.testing.assert_array_equal(jax.random.key_data(changed.rngs.default()), jax.random.key_data(reference.default()))
 
 
 def test_copy_adds_rngs_to_module_without():
@@ -603,9 +599,7 @@ def test_clone_is_independent():
     c.rngs.default()
     _assert_tree_equal(m.get_state(), before)
     # The original keeps working independently.
-    np.testing.assert_array_equal(
-        jax.random.key_data(m.rngs.default()), jax.random.key_data(nnx.Rngs(0).default())
-    )
+    np.testing.assert_array_equal(jax.random.key_data(m.rngs.default()), jax.random.key_data(nnx.Rngs(0).default()))
 
 
 def test_clone_cache_is_independent():
@@ -755,9 +749,7 @@ def test_set_state_missing_key_leaves_module_unchanged(path):
     _assert_tree_equal(m.get_state(), before)
 
 
-@pytest.mark.parametrize(
-    "path", [("bogus",), ("rngs", "other"), ("rngs", "default", "extra")]
-)
+@pytest.mark.parametrize("path", [("bogus",), ("rngs", "other"), ("rngs", "default", "extra")])
 def test_set_state_unexpected_key_leaves_module_unchanged(path):
     m = _extra()
     before = m.get_state()

@@ -38,9 +38,7 @@ def test_stream_root_key_falls_back_to_default():
 
 def test_stream_root_key_prefers_named_stream_over_default():
     rngs = nnx.Rngs(default=0, augment=9)
-    assert not np.array_equal(
-        _data(stream_root_key(rngs, "augment")), _data(stream_root_key(rngs, "default"))
-    )
+    assert not np.array_equal(_data(stream_root_key(rngs, "augment")), _data(stream_root_key(rngs, "default")))
 
 
 def test_stream_root_key_missing_stream_and_no_default_is_value_error():

@@ -90,8 +90,7 @@ SHARDER = SharderModule(StructuralConfig())
 def test_local_rows_partition_the_batch(process_count, multiple):
     batch_size = process_count * multiple
     bounds = [
-        SHARDER.local_rows(batch_size, process_index=i, process_count=process_count)
-        for i in range(process_count)
+        SHARDER.local_rows(batch_size, process_index=i, process_count=process_count) for i in range(process_count)
     ]
     rows = [r for start, stop in bounds for r in range(start, stop)]
     # Contiguous, disjoint, equal shares that cover [0, B) exactly, in process order.

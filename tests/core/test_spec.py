@@ -202,9 +202,7 @@ def test_zeros_like_spec_builds_numpy_zeros():
 
 def test_spec_to_str_is_compact():
     assert spec_to_str(SPEC) == "{'image': uint8[8,8], 'label': int32[]}"
-    assert spec_to_str({"a": (SDS((1, 2), np.float32), [SDS((3,), bool)])}) == (
-        "{'a': (float32[1,2], [bool[3]])}"
-    )
+    assert spec_to_str({"a": (SDS((1, 2), np.float32), [SDS((3,), bool)])}) == ("{'a': (float32[1,2], [bool[3]])}")
     assert spec_to_str(SDS((), np.int8)) == "int8[]"
     assert spec_to_str({"x": np.zeros((2, 5), np.float16)}) == "{'x': float16[2,5]}"
 
@@ -216,9 +214,7 @@ _SHAPES = st.lists(st.integers(0, 4), max_size=3).map(tuple)
 
 
 @given(
-    st.dictionaries(
-        st.text("abcxyz", min_size=1, max_size=3), st.tuples(_SHAPES, _DTYPES), max_size=4
-    ),
+    st.dictionaries(st.text("abcxyz", min_size=1, max_size=3), st.tuples(_SHAPES, _DTYPES), max_size=4),
     st.integers(1, 64),
 )
 def test_property_batch_then_unbatch_round_trips(leaves, size):
@@ -234,6 +230,4 @@ def test_typed_prng_keys_are_supported():
     key = jax.random.key(0)
     assert spec_to_str({"k": key}) == f"{{'k': {key.dtype}[]}}"
     assert conforms({"k": jax.random.split(key, 3)}, add_leading_dim(spec_of({"k": key}), 3))
-    assert spec_mismatches(jax.random.key_data(key), spec_of(key)) == [
-        f"<root>: expected {key.dtype}[], got uint32[2]"
-    ]
+    assert spec_mismatches(jax.random.key_data(key), spec_of(key)) == [f"<root>: expected {key.dtype}[], got uint32[2]"]

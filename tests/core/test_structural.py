@@ -125,15 +125,11 @@ def test_stochastic_with_default_stream():
 
 
 def test_stochastic_with_named_stream():
-    m = Shuffle(
-        StructuralConfig(stochastic=True, stream_name="shuffle"), rngs=nnx.Rngs(shuffle=3, other=1)
-    )
+    m = Shuffle(StructuralConfig(stochastic=True, stream_name="shuffle"), rngs=nnx.Rngs(shuffle=3, other=1))
     first = np.asarray(m(10))
     assert sorted(first.tolist()) == list(range(10))
     # The same seed gives the same permutation.
-    again = Shuffle(
-        StructuralConfig(stochastic=True, stream_name="shuffle"), rngs=nnx.Rngs(shuffle=3, other=1)
-    )
+    again = Shuffle(StructuralConfig(stochastic=True, stream_name="shuffle"), rngs=nnx.Rngs(shuffle=3, other=1))
     np.testing.assert_array_equal(np.asarray(again(10)), first)
 
 

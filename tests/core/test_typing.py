@@ -155,9 +155,7 @@ def test_import_is_a_leaf():
         "loaded = sorted(m for m in sys.modules if m.startswith('datarax'))\n"
         "print(','.join(loaded))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     loaded = result.stdout.strip().split(",")
     assert "datarax.typing" in loaded
     assert not [m for m in loaded if m.startswith("datarax.core")], loaded
@@ -224,9 +222,7 @@ def test_checkpointable_positive():
     assert isinstance(_StatefulIterator(), Checkpointable)
 
 
-@pytest.mark.parametrize(
-    "obj", [_OnlyGet(), _OnlySet(), object(), {"get_state": 1}, 3, _PlainIterator()]
-)
+@pytest.mark.parametrize("obj", [_OnlyGet(), _OnlySet(), object(), {"get_state": 1}, 3, _PlainIterator()])
 def test_checkpointable_negative(obj):
     assert not isinstance(obj, Checkpointable)
 
@@ -241,9 +237,7 @@ def test_checkpointable_iterator_positive():
     assert next(it) == 2
 
 
-@pytest.mark.parametrize(
-    "obj", [_Stateful(), _PlainIterator(), iter([1, 2]), _StatefulIterableNoNext(), object()]
-)
+@pytest.mark.parametrize("obj", [_Stateful(), _PlainIterator(), iter([1, 2]), _StatefulIterableNoNext(), object()])
 def test_checkpointable_iterator_negative(obj):
     assert not isinstance(obj, CheckpointableIterator)
 

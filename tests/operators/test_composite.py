@@ -39,9 +39,7 @@ def _config(strategy="sequential", **kwargs):
 
 
 def _stochastic_config(strategy="sequential", **kwargs):
-    return CompositeOperatorConfig(
-        strategy=strategy, stochastic=True, stream_name="augment", **kwargs
-    )
+    return CompositeOperatorConfig(strategy=strategy, stochastic=True, stream_name="augment", **kwargs)
 
 
 ADD1 = _op(lambda e: {**e, "x": e["x"] + 1}, name="add1")
@@ -164,9 +162,7 @@ def test_sequential_chains_in_order_and_passes_valid_mask():
 
 
 def test_sequential_child_i_gets_fold_in_of_the_record_key():
-    op = CompositeOperator(
-        _stochastic_config(), [_noise_op(1), ADD1, _noise_op(2)], rngs=nnx.Rngs(augment=0)
-    )
+    op = CompositeOperator(_stochastic_config(), [_noise_op(1), ADD1, _noise_op(2)], rngs=nnx.Rngs(augment=0))
     batch = _batch()
     keys = op.record_keys(0, jnp.arange(4))
     out = op(batch, keys)
@@ -245,7 +241,8 @@ def test_branch_first_true_condition_wins_and_identity_is_the_default():
 def test_branch_with_one_condition_fewer_uses_the_last_operator_as_default():
     negate = _op(lambda e: {**e, "x": -e["x"]})
     op = CompositeOperator(
-        _config("branch"), [ADD1, DOUBLE, negate],
+        _config("branch"),
+        [ADD1, DOUBLE, negate],
         conditions=[lambda e: e["label"] == 0, lambda e: e["label"] == 1],
     )
     batch = _batch()
@@ -255,9 +252,7 @@ def test_branch_with_one_condition_fewer_uses_the_last_operator_as_default():
 
 def test_branch_spec_mismatch_is_value_error_naming_the_branch():
     to_int = _op(lambda e: {**e, "x": e["x"].astype(jnp.int32)}, name="to_int")
-    op = CompositeOperator(
-        _config("branch"), [ADD1, to_int], conditions=[lambda e: e["label"] > 0], name="br"
-    )
+    op = CompositeOperator(_config("branch"), [ADD1, to_int], conditions=[lambda e: e["label"] > 0], name="br")
     spec = {"x": SDS((2,), jnp.float32), "label": SDS((), jnp.int32)}
     expected = r"br.*branches.*branch 1 \(operators\[1\] \(ElementOperator\('to_int'\)\)\)"
     with pytest.raises(ValueError, match=expected):
@@ -279,8 +274,10 @@ def test_branch_condition_must_return_a_scalar():
 
 def test_stochastic_branch_child_keys():
     op = CompositeOperator(
-        _stochastic_config("branch"), [ADD1, _noise_op()],
-        conditions=[lambda e: e["label"] == 0], rngs=nnx.Rngs(augment=1),
+        _stochastic_config("branch"),
+        [ADD1, _noise_op()],
+        conditions=[lambda e: e["label"] == 0],
+        rngs=nnx.Rngs(augment=1),
     )
     batch = _batch()
     keys = op.record_keys(0, jnp.arange(4))
@@ -374,17 +371,17 @@ def test_gradients_reach_child_params_through_the_composite():
 def test_every_strategy_under_jax_jit_and_nnx_jit(strategy):
     conditions = [lambda e: e["label"] % 2 == 0] if strategy == "branch" else None
     op = CompositeOperator(
-        _stochastic_config(strategy), [_noise_op(), DOUBLE],
-        conditions=conditions, rngs=nnx.Rngs(augment=4),
+        _stochastic_config(strategy),
+        [_noise_op(), DOUBLE],
+        conditions=conditions,
+        rngs=nnx.Rngs(augment=4),
     )
     batch = _batch()
     if strategy == "weighted":  # mixes floating leaves only
         batch = {"x": batch["x"], VALID_MASK: batch[VALID_MASK]}
     eager = op(batch, op.record_keys(2, jnp.arange(4)))
     jitted = jax.jit(lambda b, e, r: op(b, op.record_keys(e, r)))(batch, 2, jnp.arange(4))
-    nnx_jitted = nnx.jit(lambda o, b, e, r: o(b, o.record_keys(e, r)))(
-        op, batch, jnp.int32(2), jnp.arange(4)
-    )
+    nnx_jitted = nnx.jit(lambda o, b, e, r: o(b, o.record_keys(e, r)))(op, batch, jnp.int32(2), jnp.arange(4))
     for out in (jitted, nnx_jitted):
         np.testing.assert_allclose(out["x"], eager["x"], rtol=1e-6)
         np.testing.assert_array_equal(out[VALID_MASK], batch[VALID_MASK])

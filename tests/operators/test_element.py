@@ -113,9 +113,7 @@ def test_fn_mutating_its_element_does_not_touch_the_callers_dict():
 
 
 def test_output_spec_follows_fn():
-    op = ElementOperator(
-        ElementOperatorConfig(), lambda e, k: {"img": e["img"][:2].astype(jnp.uint8)}
-    )
+    op = ElementOperator(ElementOperatorConfig(), lambda e, k: {"img": e["img"][:2].astype(jnp.uint8)})
     assert op.output_spec({"img": SDS((4, 5), jnp.float32)}) == {"img": SDS((2, 5), jnp.uint8)}
 
 

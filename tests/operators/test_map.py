@@ -134,8 +134,7 @@ def test_record_output_does_not_depend_on_batch_composition():
 
 
 def test_different_epochs_draw_differently():
-    op = MapOperator(_stochastic(), lambda leaf, key: jax.random.uniform(key, ()) < 0.5,
-                     rngs=nnx.Rngs(augment=2))
+    op = MapOperator(_stochastic(), lambda leaf, key: jax.random.uniform(key, ()) < 0.5, rngs=nnx.Rngs(augment=2))
     batch = {"flip": jnp.zeros(256)}
     e0 = np.asarray(op(batch, op.record_keys(0, jnp.arange(256)))["flip"])
     e1 = np.asarray(op(batch, op.record_keys(1, jnp.arange(256)))["flip"])
@@ -156,9 +155,7 @@ def test_under_jax_jit_and_nnx_jit():
     batch = _batch()
     eager = op(batch, op.record_keys(2, jnp.arange(4)))
     jitted = jax.jit(lambda b, e, r: op(b, op.record_keys(e, r)))(batch, 2, jnp.arange(4))
-    nnx_jitted = nnx.jit(lambda o, b, e, r: o(b, o.record_keys(e, r)))(
-        op, batch, jnp.int32(2), jnp.arange(4)
-    )
+    nnx_jitted = nnx.jit(lambda o, b, e, r: o(b, o.record_keys(e, r)))(op, batch, jnp.int32(2), jnp.arange(4))
     for out in (jitted, nnx_jitted):
         np.testing.assert_allclose(out["image"], eager["image"], rtol=1e-6)
         np.testing.assert_array_equal(out[VALID_MASK], batch[VALID_MASK])

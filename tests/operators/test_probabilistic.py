@@ -136,8 +136,7 @@ def test_different_epochs_flip_different_records():
 
 
 def test_child_changing_the_spec_is_value_error_at_output_spec():
-    cast = ElementOperator(ElementOperatorConfig(), lambda e, k: {"x": e["x"].astype(jnp.int32)},
-                           name="cast")
+    cast = ElementOperator(ElementOperatorConfig(), lambda e, k: {"x": e["x"].astype(jnp.int32)}, name="cast")
     op = _op(0.5, child=cast, name="maybe_cast")
     expected = r"maybe_cast.*ElementOperator\('cast'\).*keep the element spec"
     with pytest.raises(ValueError, match=expected):
@@ -165,9 +164,7 @@ def test_under_jax_jit_and_nnx_jit():
     batch = {"x": jnp.zeros(16), VALID_MASK: jnp.arange(16) < 10}
     eager = op(batch, op.record_keys(1, jnp.arange(16)))
     jitted = jax.jit(lambda b, e, r: op(b, op.record_keys(e, r)))(batch, 1, jnp.arange(16))
-    nnx_jitted = nnx.jit(lambda o, b, e, r: o(b, o.record_keys(e, r)))(
-        op, batch, jnp.int32(1), jnp.arange(16)
-    )
+    nnx_jitted = nnx.jit(lambda o, b, e, r: o(b, o.record_keys(e, r)))(op, batch, jnp.int32(1), jnp.arange(16))
     for out in (jitted, nnx_jitted):
         np.testing.assert_allclose(out["x"], eager["x"], rtol=1e-6)
         np.testing.assert_array_equal(out[VALID_MASK], batch[VALID_MASK])

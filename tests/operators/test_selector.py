@@ -21,9 +21,7 @@ SDS = jax.ShapeDtypeStruct
 
 def _writes(i, name=None):
     """Child that records which branch ran in key ``chosen``."""
-    return ElementOperator(
-        ElementOperatorConfig(), lambda e, k: {**e, "chosen": jnp.int32(i)}, name=name
-    )
+    return ElementOperator(ElementOperatorConfig(), lambda e, k: {**e, "chosen": jnp.int32(i)}, name=name)
 
 
 def _config(weights=None):
@@ -140,9 +138,7 @@ def test_different_epochs_choose_differently():
 
 
 def test_children_with_different_specs_are_value_error_at_output_spec():
-    to_half = ElementOperator(
-        ElementOperatorConfig(), lambda e, k: {**e, "chosen": jnp.float16(1)}, name="half"
-    )
+    to_half = ElementOperator(ElementOperatorConfig(), lambda e, k: {**e, "chosen": jnp.float16(1)}, name="half")
     op = _op([_writes(0), to_half], name="sel")
     expected = r"sel.*operators\[1\] \(ElementOperator\('half'\)\) differs"
     with pytest.raises(ValueError, match=expected):
@@ -165,9 +161,7 @@ def test_under_jax_jit_and_nnx_jit():
     batch = {"x": jnp.zeros(16), VALID_MASK: jnp.arange(16) < 10}
     eager = op(batch, op.record_keys(1, jnp.arange(16)))
     jitted = jax.jit(lambda b, e, r: op(b, op.record_keys(e, r)))(batch, 1, jnp.arange(16))
-    nnx_jitted = nnx.jit(lambda o, b, e, r: o(b, o.record_keys(e, r)))(
-        op, batch, jnp.int32(1), jnp.arange(16)
-    )
+    nnx_jitted = nnx.jit(lambda o, b, e, r: o(b, o.record_keys(e, r)))(op, batch, jnp.int32(1), jnp.arange(16))
     for out in (jitted, nnx_jitted):
         np.testing.assert_array_equal(out["chosen"], eager["chosen"])
         np.testing.assert_allclose(out["x"], eager["x"], rtol=1e-6)

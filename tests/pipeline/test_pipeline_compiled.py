@@ -56,9 +56,7 @@ def test_num_epochs_none_and_prefetch_do_not_retrace():
 
 def test_compute_batch_equals_the_compiled_stream():
     op = noise_op(5)
-    pipeline = Pipeline(
-        source=make_source(10), stages=[op], batch_size=4, shuffle=True, rngs=nnx.Rngs(2), num_epochs=2
-    )
+    pipeline = Pipeline(source=make_source(10), stages=[op], batch_size=4, shuffle=True, rngs=nnx.Rngs(2), num_epochs=2)
     batches = collect(pipeline)
     assert len(batches) == 6
     # compute_batch is a plain traceable function: under a jit of our own, with a traced epoch and start.

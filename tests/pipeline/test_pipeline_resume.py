@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 from flax import nnx
-from pipeline_helpers import assert_streams_equal, build_resume_pipeline, checksum, collect, make_source, to_numpy
+from pipeline_helpers import (
+    assert_streams_equal,
+    build_resume_pipeline,
+    checksum,
+    collect,
+    make_source,
+    to_numpy,
+)
 
 from datarax import Pipeline
 from datarax.core.batcher import VALID_MASK

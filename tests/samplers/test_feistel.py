@@ -40,9 +40,7 @@ def test_seed_reduction_mod_2_32():
     base = feistel_permutation_np(n, 5, 1)
     np.testing.assert_array_equal(feistel_permutation_np(n, 5 + 3 * 2**32, 1), base)
     np.testing.assert_array_equal(feistel_permutation_np(n, np.uint32(5), np.uint32(1)), base)
-    np.testing.assert_array_equal(
-        feistel_permutation_np(n, -1, 1), feistel_permutation_np(n, np.uint32(2**32 - 1), 1)
-    )
+    np.testing.assert_array_equal(feistel_permutation_np(n, -1, 1), feistel_permutation_np(n, np.uint32(2**32 - 1), 1))
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -80,17 +78,12 @@ def test_extreme_n_agrees_on_sampled_positions():
 
 def test_seeds_and_epochs_change_the_permutation():
     for n in (10, 11, 100, 1000, 4097):
-        perms = {
-            (s, e): tuple(feistel_permutation_np(n, s, e).tolist())
-            for s in range(4) for e in range(4)
-        }
+        perms = {(s, e): tuple(feistel_permutation_np(n, s, e).tolist()) for s in range(4) for e in range(4)}
         assert len(set(perms.values())) == len(perms), n
 
 
 def test_golden_outputs():
-    np.testing.assert_array_equal(
-        feistel_permutation_np(10, 0, 0), [2, 3, 6, 5, 8, 4, 0, 7, 9, 1]
-    )
+    np.testing.assert_array_equal(feistel_permutation_np(10, 0, 0), [2, 3, 6, 5, 8, 4, 0, 7, 9, 1])
     np.testing.assert_array_equal(
         feistel_permutation_np(1000, 42, 3)[:16],
         [588, 967, 713, 730, 697, 809, 747, 997, 665, 188, 362, 812, 377, 816, 744, 33],

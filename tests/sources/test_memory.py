@@ -263,9 +263,7 @@ def _build(data):
     return MemorySource(MemorySourceConfig(), data=data)
 
 
-@pytest.mark.parametrize(
-    "data", [[np.zeros(3)], np.zeros((3, 2)), None, "x", (("x", np.zeros(3)),)]
-)
+@pytest.mark.parametrize("data", [[np.zeros(3)], np.zeros((3, 2)), None, "x", (("x", np.zeros(3)),)])
 def test_non_dict_data_is_type_error(data):
     with pytest.raises(TypeError, match="dict"):
         _build(data)

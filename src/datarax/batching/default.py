@@ -41,9 +41,7 @@ class DefaultBatcherConfig(StructuralConfig):
 def _element_data(element: Any, index: int) -> Any:
     data = element.data if isinstance(element, Element) else element
     if not isinstance(data, dict):
-        raise TypeError(
-            f"DefaultBatcher: element {index} must be a dict or Element, got {type(data).__name__}"
-        )
+        raise TypeError(f"DefaultBatcher: element {index} must be a dict or Element, got {type(data).__name__}")
     if VALID_MASK in data:
         raise ValueError(f"DefaultBatcher: element {index} uses the reserved key {VALID_MASK!r}")
     return data
@@ -66,8 +64,7 @@ def _stack(elements: list[Any], first_index: int) -> Any:
         other = [_leaf_signature(x) for x in jax.tree.leaves(element)]
         if other != shapes:
             raise ValueError(
-                f"DefaultBatcher: element {first_index + offset} has leaf shapes/dtypes {other}, "
-                f"expected {shapes}"
+                f"DefaultBatcher: element {first_index + offset} has leaf shapes/dtypes {other}, expected {shapes}"
             )
     return jax.tree.map(lambda *xs: jnp.stack(xs), *elements)
 
@@ -107,9 +104,7 @@ class DefaultBatcher(BatcherModule):
             raise ValueError(f"drop_remainder must be a bool, got {drop_remainder!r}")
         return self._batches(iter(elements), batch_size, drop_remainder)
 
-    def _batches(
-        self, elements: Iterator[Any], batch_size: int, drop_remainder: bool
-    ) -> Iterator[dict[str, Any]]:
+    def _batches(self, elements: Iterator[Any], batch_size: int, drop_remainder: bool) -> Iterator[dict[str, Any]]:
         index = 0
         while True:
             chunk = []

@@ -91,9 +91,7 @@ def _items(items: Any) -> dict[str, Checkpointable]:
         raise TypeError("OrbaxCheckpointHandler: items mapping is empty")
     for name, item in items.items():
         if not isinstance(name, str) or not name or "/" in name:
-            raise TypeError(
-                f"OrbaxCheckpointHandler: item name {name!r} must be a non-empty str without '/'"
-            )
+            raise TypeError(f"OrbaxCheckpointHandler: item name {name!r} must be a non-empty str without '/'")
         if not isinstance(item, Checkpointable):
             raise TypeError(
                 f"OrbaxCheckpointHandler: item {name!r} ({type(item).__name__}) is not "
@@ -126,9 +124,7 @@ def _split(value: Any, arrays: dict[str, Any], where: str) -> Any:
         out = {}
         for key, sub in value.items():
             if isinstance(key, bool) or not isinstance(key, str | int) or key == _MARK:
-                raise TypeError(
-                    f"OrbaxCheckpointHandler: unsupported key {key!r} in state at {where!r}"
-                )
+                raise TypeError(f"OrbaxCheckpointHandler: unsupported key {key!r} in state at {where!r}")
             out[str(key)] = _split(sub, arrays, f"{where}/{key}")
         return out
     if isinstance(value, list | tuple):
@@ -174,10 +170,7 @@ class OrbaxCheckpointHandler:
         if max_to_keep is not None and (
             isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
         ):
-            raise ValueError(
-                "OrbaxCheckpointHandler: max_to_keep must be a positive int or None, "
-                f"got {max_to_keep!r}"
-            )
+            raise ValueError(f"OrbaxCheckpointHandler: max_to_keep must be a positive int or None, got {max_to_keep!r}")
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -205,8 +198,7 @@ class OrbaxCheckpointHandler:
             state = item.get_state()
             if not isinstance(state, Mapping):
                 raise TypeError(
-                    f"OrbaxCheckpointHandler: get_state of {name!r} returned "
-                    f"{type(state).__name__}, not a dict"
+                    f"OrbaxCheckpointHandler: get_state of {name!r} returned {type(state).__name__}, not a dict"
                 )
             arrays: dict[str, Any] = {}
             skeleton = _split(state, arrays, name)
@@ -240,42 +232,32 @@ class OrbaxCheckpointHandler:
         steps = self.all_steps()
         if step is None:
             if not steps:
-                raise FileNotFoundError(
-                    f"OrbaxCheckpointHandler: no checkpoints in {self.directory}"
-                )
+                raise FileNotFoundError(f"OrbaxCheckpointHandler: no checkpoints in {self.directory}")
             step = steps[-1]
         step = _check_step(step)
         if step not in steps:
             raise FileNotFoundError(
-                f"OrbaxCheckpointHandler: no step {step} in {self.directory}; "
-                f"available steps: {steps}"
+                f"OrbaxCheckpointHandler: no step {step} in {self.directory}; available steps: {steps}"
             )
         step_dir = self.directory / str(step)
         saved = sorted(path.name[: -len(".json")] for path in step_dir.glob("*.json"))
         missing = [name for name in items if name not in saved]
         if missing:
-            raise ValueError(
-                f"OrbaxCheckpointHandler: items {missing} not in step {step}; it holds {saved}"
-            )
+            raise ValueError(f"OrbaxCheckpointHandler: items {missing} not in step {step}; it holds {saved}")
         json_args = {f"{name}.json": ocp.args.JsonRestore() for name in items}
         docs = self._manager.restore(step, args=ocp.args.Composite(**json_args))
         array_args = {}
         for name in items:
             doc = docs[f"{name}.json"]
             if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-                raise ValueError(
-                    f"OrbaxCheckpointHandler: {name!r} in step {step} is not a {FORMAT} checkpoint"
-                )
+                raise ValueError(f"OrbaxCheckpointHandler: {name!r} in step {step} is not a {FORMAT} checkpoint")
             if indices := _indices(doc["state"]):
                 restore_args = {str(i): ocp.RestoreArgs(restore_type=np.ndarray) for i in indices}
                 array_args[f"{name}.arrays"] = ocp.args.PyTreeRestore(restore_args=restore_args)
         arrays = {}
         if array_args:
             arrays = self._manager.restore(step, args=ocp.args.Composite(**array_args))
-        states = {
-            name: _join(docs[f"{name}.json"]["state"], arrays.get(f"{name}.arrays") or {})
-            for name in items
-        }
+        states = {name: _join(docs[f"{name}.json"]["state"], arrays.get(f"{name}.arrays") or {}) for name in items}
         previous = {name: item.get_state() for name, item in items.items()}
         tried: list[str] = []
         try:

@@ -54,8 +54,7 @@ class FrozenStats(Mapping):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mapping) or set(other) != set(self._items):
             return False
-        return all(np.array_equal(np.asarray(self._items[k]), np.asarray(other[k]))
-                   for k in self._items)
+        return all(np.array_equal(np.asarray(self._items[k]), np.asarray(other[k])) for k in self._items)
 
     def __repr__(self) -> str:
         return f"FrozenStats({self._items!r})"
@@ -85,18 +84,14 @@ class DataraxModuleConfig:
         if not isinstance(self.cacheable, bool):
             raise ValueError(f"{name}: cacheable must be a bool, got {self.cacheable!r}")
         if self.batch_stats_fn is not None and not callable(self.batch_stats_fn):
-            raise ValueError(
-                f"{name}: batch_stats_fn must be callable or None, got {self.batch_stats_fn!r}"
-            )
+            raise ValueError(f"{name}: batch_stats_fn must be callable or None, got {self.batch_stats_fn!r}")
         if self.precomputed_stats is not None and not isinstance(self.precomputed_stats, Mapping):
             raise ValueError(
-                f"{name}: precomputed_stats must be a mapping or None, "
-                f"got {type(self.precomputed_stats).__name__}"
+                f"{name}: precomputed_stats must be a mapping or None, got {type(self.precomputed_stats).__name__}"
             )
         if self.batch_stats_fn is not None and self.precomputed_stats is not None:
             raise ValueError(
-                f"{name}: batch_stats_fn and precomputed_stats are mutually exclusive; "
-                "set at most one of them"
+                f"{name}: batch_stats_fn and precomputed_stats are mutually exclusive; set at most one of them"
             )
         if self.precomputed_stats is not None and not isinstance(self.precomputed_stats, FrozenStats):
             object.__setattr__(self, "precomputed_stats", FrozenStats(self.precomputed_stats))
@@ -107,16 +102,10 @@ def _validate_stream(config: Any) -> None:
     name = type(config).__name__
     if not isinstance(config.stochastic, bool):
         raise ValueError(f"{name}: stochastic must be a bool, got {config.stochastic!r}")
-    if config.stream_name is not None and (
-        not isinstance(config.stream_name, str) or not config.stream_name
-    ):
-        raise ValueError(
-            f"{name}: stream_name must be a non-empty string or None, got {config.stream_name!r}"
-        )
+    if config.stream_name is not None and (not isinstance(config.stream_name, str) or not config.stream_name):
+        raise ValueError(f"{name}: stream_name must be a non-empty string or None, got {config.stream_name!r}")
     if config.stochastic and config.stream_name is None:
-        raise ValueError(
-            f"{name}: stochastic=True requires a stream_name (got stream_name=None)"
-        )
+        raise ValueError(f"{name}: stochastic=True requires a stream_name (got stream_name=None)")
     if not config.stochastic and config.stream_name is not None:
         raise ValueError(
             f"{name}: a deterministic module (stochastic=False) must not set stream_name "

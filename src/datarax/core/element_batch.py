@@ -44,10 +44,7 @@ def _as_dict(value: Any, owner: str, field: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"{owner}: {field} must be a dict, got {type(value).__name__}")
     if field == "data" and VALID_MASK_KEY in value:
-        raise ValueError(
-            f"{owner}: data key {VALID_MASK_KEY!r} is reserved for the batch validity mask; "
-            "rename it"
-        )
+        raise ValueError(f"{owner}: data key {VALID_MASK_KEY!r} is reserved for the batch validity mask; rename it")
     return dict(value)
 
 
@@ -131,8 +128,7 @@ class Element:
 
     def __repr__(self) -> str:
         return (
-            f"Element(data={_describe(self.data)}, state={_describe(self.state)}, "
-            f"metadata={_describe(self.metadata)})"
+            f"Element(data={_describe(self.data)}, state={_describe(self.state)}, metadata={_describe(self.metadata)})"
         )
 
 
@@ -181,8 +177,7 @@ class Batch:
                 mask = jnp.asarray(mask)
             if len(mask.shape) != 1 or not jnp.issubdtype(mask.dtype, jnp.bool_):
                 raise ValueError(
-                    "Batch: valid_mask must be a bool array of shape (batch_size,), "
-                    f"got {mask.dtype}{list(mask.shape)}"
+                    f"Batch: valid_mask must be a bool array of shape (batch_size,), got {mask.dtype}{list(mask.shape)}"
                 )
             size, source = mask.shape[0], VALID_MASK_KEY
         for field, tree in (("data", data), ("states", states), ("metadata", self.metadata)):
@@ -194,13 +189,10 @@ class Batch:
                     size, source = shape[0], name
                 elif shape[0] != size:
                     raise ValueError(
-                        f"Batch: {name} has leading dimension {shape[0]}, "
-                        f"but the batch size is {size} (from {source})"
+                        f"Batch: {name} has leading dimension {shape[0]}, but the batch size is {size} (from {source})"
                     )
         if size is None:
-            raise ValueError(
-                "Batch: cannot infer the batch size: valid_mask is None and there are no arrays"
-            )
+            raise ValueError("Batch: cannot infer the batch size: valid_mask is None and there are no arrays")
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "states", states)
         object.__setattr__(self, "valid_mask", jnp.ones((size,), bool) if mask is None else mask)
@@ -268,33 +260,23 @@ class Batch:
         n = len(elements)
         if batch_size is None:
             batch_size = n
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
-            batch_size < n
-        ):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (batch_size < n):
             raise ValueError(
-                f"Batch.from_elements: batch_size must be an integer >= len(elements) = {n}, "
-                f"got {batch_size!r}"
+                f"Batch.from_elements: batch_size must be an integer >= len(elements) = {n}, got {batch_size!r}"
             )
         fields = ("data", "state", "metadata")
         for i, element in enumerate(elements):
             if not isinstance(element, Element):
-                raise TypeError(
-                    f"Batch.from_elements: element {i} is a {type(element).__name__}, "
-                    "not an Element"
-                )
+                raise TypeError(f"Batch.from_elements: element {i} is a {type(element).__name__}, not an Element")
             for field in fields:
-                problems = spec_mismatches(
-                    getattr(element, field), spec_of(getattr(elements[0], field))
-                )
+                problems = spec_mismatches(getattr(element, field), spec_of(getattr(elements[0], field)))
                 if problems:
                     raise ValueError(
-                        f"Batch.from_elements: element {i} differs from element 0 in {field}: "
-                        + "; ".join(problems)
+                        f"Batch.from_elements: element {i} differs from element 0 in {field}: " + "; ".join(problems)
                     )
         rows = elements + [elements[-1]] * (batch_size - n)
         stacked = {
-            field: jax.tree.map(lambda *xs: jnp.stack(xs), *[getattr(e, field) for e in rows])
-            for field in fields
+            field: jax.tree.map(lambda *xs: jnp.stack(xs), *[getattr(e, field) for e in rows]) for field in fields
         }
         if valid_mask is None:
             mask = jnp.arange(batch_size) < n
@@ -306,9 +288,7 @@ class Batch:
                     f"(one entry per element), got {mask.dtype.name}{list(mask.shape)}"
                 )
             mask = jnp.concatenate([mask, jnp.zeros(batch_size - n, bool)])
-        return cls(
-            stacked["data"], valid_mask=mask, states=stacked["state"], metadata=stacked["metadata"]
-        )
+        return cls(stacked["data"], valid_mask=mask, states=stacked["state"], metadata=stacked["metadata"])
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the plain dict form ``{**data, "valid_mask": mask}`` (same array objects).
@@ -318,9 +298,7 @@ class Batch:
         return {**self.data, VALID_MASK_KEY: self.valid_mask}
 
     @classmethod
-    def from_dict(
-        cls, batch: Mapping[str, Any], *, states: Any = None, metadata: Any = None
-    ) -> Batch:
+    def from_dict(cls, batch: Mapping[str, Any], *, states: Any = None, metadata: Any = None) -> Batch:
         """Wraps a plain dict batch (which must hold ``"valid_mask"``) without copying arrays.
 
         Args:
@@ -349,9 +327,7 @@ class Batch:
             IndexError: If a concrete ``index`` is outside ``[-batch_size, batch_size)``.
         """
         if isinstance(index, (int, np.integer)) and not -self.batch_size <= index < self.batch_size:
-            raise IndexError(
-                f"Batch.get_element: index {index} is out of range for batch_size {self.batch_size}"
-            )
+            raise IndexError(f"Batch.get_element: index {index} is out of range for batch_size {self.batch_size}")
         take = lambda tree: jax.tree.map(lambda x: x[index], tree)  # noqa: E731
         return Element(take(self.data), take(self.states), take(self.metadata))
 

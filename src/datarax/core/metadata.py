@@ -426,8 +426,9 @@ class MetadataManager(nnx.Module):
         """
         s = self.state.get_value()
         rng_key = None if self.rngs is None else self.rngs.metadata()
-        md = RecordMetadata(s["index"], record_key, rng_key, s["epoch"], s["global_step"], s["batch_idx"],
-                            self.shard_id, source_info)
+        md = RecordMetadata(
+            s["index"], record_key, rng_key, s["epoch"], s["global_step"], s["batch_idx"], self.shard_id, source_info
+        )
         self._update(index=s["index"] + 1, global_step=s["global_step"] + 1)
         return md
 

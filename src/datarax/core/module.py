@@ -127,10 +127,7 @@ def _restored_value(current: Any, new: Any, path: tuple) -> Any:
         data = np.asarray(new)
         expected = jax.random.key_data(current).shape
         if data.shape != expected:
-            raise ValueError(
-                f"set_state: key data at {_path_str(path)!r} has shape {data.shape}, "
-                f"expected {expected}"
-            )
+            raise ValueError(f"set_state: key data at {_path_str(path)!r} has shape {data.shape}, expected {expected}")
         return jax.random.wrap_key_data(data.astype(np.uint32), impl=jax.random.key_impl(current))
     if isinstance(current, jax.Array | np.ndarray):
         new_array = np.asarray(new) if not isinstance(new, jax.Array) else new
@@ -179,14 +176,9 @@ class DataraxModule(nnx.Module):
         name: str | None = None,
     ):
         if not isinstance(config, DataraxModuleConfig):
-            raise TypeError(
-                f"{type(self).__name__}: config must be a DataraxModuleConfig, "
-                f"got {type(config).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__}: config must be a DataraxModuleConfig, got {type(config).__name__}")
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
-            raise TypeError(
-                f"{type(self).__name__}: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__}: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a str or None, got {name!r}")
         self.config = config
@@ -237,9 +229,7 @@ class DataraxModule(nnx.Module):
             return None
         stats = fn(data)
         if not isinstance(stats, Mapping):
-            raise TypeError(
-                f"{type(self).__name__}: batch_stats_fn must return a dict, got {type(stats).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__}: batch_stats_fn must return a dict, got {type(stats).__name__}")
         stats = dict(stats)
         self._computed_stats.set_value(stats)
         self._stats_reset = False
@@ -386,9 +376,7 @@ class DataraxModule(nnx.Module):
             ValueError: If the checkpoint structure does not match the module state.
         """
         if not isinstance(state, Mapping):
-            raise TypeError(
-                f"{type(self).__name__}.set_state: state must be a dict, got {type(state).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__}.set_state: state must be a dict, got {type(state).__name__}")
         flat = list(nnx.to_flat_state(nnx.state(self, nnx.Variable)))
         expected = {tuple(str(p) for p in path) for path, _ in flat}
         missing = [_path_str(path) for path, _ in flat if not _lookup(state, path)[0]]
@@ -398,9 +386,7 @@ class DataraxModule(nnx.Module):
                 f"{type(self).__name__}.set_state: checkpoint structure does not match the module "
                 f"state; missing={missing}, unexpected={unexpected}"
             )
-        restored = [
-            _restored_value(var.get_value(), _lookup(state, path)[1], path) for path, var in flat
-        ]
+        restored = [_restored_value(var.get_value(), _lookup(state, path)[1], path) for path, var in flat]
         for (_, var), value in zip(flat, restored, strict=True):
             var.set_value(value)
 
@@ -428,8 +414,7 @@ class DataraxModule(nnx.Module):
         missing = [s for s in self.requires_rng_streams() or [] if s not in stream_names]
         if missing:
             raise ValueError(
-                f"{type(self).__name__} requires rng stream(s) {missing}, "
-                f"but only {list(stream_names)} are available"
+                f"{type(self).__name__} requires rng stream(s) {missing}, but only {list(stream_names)} are available"
             )
 
 

@@ -58,9 +58,7 @@ class OperatorModule(DataraxModule):
         name: str | None = None,
     ):
         if not isinstance(config, OperatorConfig):
-            raise TypeError(
-                f"{type(self).__name__}: config must be an OperatorConfig, got {type(config).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__}: config must be an OperatorConfig, got {type(config).__name__}")
         if config.stochastic and rngs is None:
             raise ValueError(
                 f"{type(self).__name__}: stochastic=True requires rngs with stream "

@@ -49,9 +49,7 @@ def stream_root_key(rngs: nnx.Rngs, stream_name: str) -> jax.Array:
         return rngs[stream_name].key[...]
     if "default" in rngs:
         return rngs["default"].key[...]
-    raise ValueError(
-        f"rng stream {stream_name!r} is not in rngs (streams: {list(rngs)}) and there is no default"
-    )
+    raise ValueError(f"rng stream {stream_name!r} is not in rngs (streams: {list(rngs)}) and there is no default")
 
 
 def record_keys(root_key: jax.Array, epoch: Any, records: Any) -> jax.Array:

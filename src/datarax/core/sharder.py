@@ -23,9 +23,7 @@ from datarax.core.structural import StructuralModule
 class SharderModule(StructuralModule):
     """Base class for sharders (global batch -> per-process share -> global array)."""
 
-    def local_rows(
-        self, global_batch_size: int, *, process_index: int, process_count: int
-    ) -> tuple[int, int]:
+    def local_rows(self, global_batch_size: int, *, process_index: int, process_count: int) -> tuple[int, int]:
         """The ``[start, stop)`` rows of each global batch that one process computes.
 
         Args:
@@ -40,25 +38,16 @@ class SharderModule(StructuralModule):
             ValueError: If the batch does not divide evenly or the index is out of range.
         """
         global_batch_size = validate_batch_size(global_batch_size)
-        if (
-            isinstance(process_count, bool)
-            or not isinstance(process_count, int)
-            or process_count <= 0
-        ):
+        if isinstance(process_count, bool) or not isinstance(process_count, int) or process_count <= 0:
             raise ValueError(f"process_count must be a positive int, got {process_count!r}")
         if (
             isinstance(process_index, bool)
             or not isinstance(process_index, int)
             or not 0 <= process_index < process_count
         ):
-            raise ValueError(
-                f"process_index must be an int in [0, {process_count}), got {process_index!r}"
-            )
+            raise ValueError(f"process_index must be an int in [0, {process_count}), got {process_index!r}")
         if global_batch_size % process_count:
-            raise ValueError(
-                f"global batch_size {global_batch_size} is not divisible by "
-                f"process_count {process_count}"
-            )
+            raise ValueError(f"global batch_size {global_batch_size} is not divisible by process_count {process_count}")
         share = global_batch_size // process_count
         return process_index * share, (process_index + 1) * share
 

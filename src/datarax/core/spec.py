@@ -111,10 +111,7 @@ def element_spec_of_batch(batch_tree: Any) -> Any:
 
     def drop(path: tuple, leaf: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
         if not leaf.shape:
-            raise ValueError(
-                f"element_spec_of_batch: leaf {_path_str(path)} is 0-d "
-                "and has no leading batch axis"
-            )
+            raise ValueError(f"element_spec_of_batch: leaf {_path_str(path)} is 0-d and has no leading batch axis")
         if not first:
             first.append((path, leaf.shape[0]))
         elif leaf.shape[0] != first[0][1]:
@@ -146,12 +143,8 @@ def add_leading_dim(spec: Any, size: int) -> Any:
         {'y': ShapeDtypeStruct(shape=(3,), dtype=int32)}
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
-        raise ValueError(
-            f"add_leading_dim: size (the batch size) must be a positive integer, got {size!r}"
-        )
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct((int(size), *s.shape), s.dtype), spec_of(spec)
-    )
+        raise ValueError(f"add_leading_dim: size (the batch size) must be a positive integer, got {size!r}")
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct((int(size), *s.shape), s.dtype), spec_of(spec))
 
 
 def spec_mismatches(tree: Any, spec: Any) -> list[str]:
@@ -179,12 +172,9 @@ def spec_mismatches(tree: Any, spec: Any) -> list[str]:
             problems.append(f"{path}: missing (expected {_leaf_str(expected)})")
         elif tuple(got[path].shape) != tuple(expected.shape) or got[path].dtype != expected.dtype:
             problems.append(f"{path}: expected {_leaf_str(expected)}, got {_leaf_str(got[path])}")
-    problems += [f"{path}: unexpected (got {_leaf_str(leaf)})" for path, leaf in got.items()
-                 if path not in want]
+    problems += [f"{path}: unexpected (got {_leaf_str(leaf)})" for path, leaf in got.items() if path not in want]
     if not problems and tree_structure(tree) != tree_structure(spec):
-        problems.append(
-            f"structure: expected {tree_structure(spec)}, got {tree_structure(tree)}"
-        )
+        problems.append(f"structure: expected {tree_structure(spec)}, got {tree_structure(tree)}")
     return problems
 
 

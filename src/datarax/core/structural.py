@@ -46,9 +46,7 @@ class StructuralModule(DataraxModule):
         name: str | None = None,
     ):
         if not isinstance(config, StructuralConfig):
-            raise TypeError(
-                f"{type(self).__name__}: config must be a StructuralConfig, got {type(config).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__}: config must be a StructuralConfig, got {type(config).__name__}")
         if config.stochastic and rngs is None:
             raise ValueError(
                 f"{type(self).__name__}: stochastic=True requires rngs with stream "

@@ -28,10 +28,7 @@ def label(op: Any) -> str:
 def require_config(op: Any, config: Any, config_cls: type) -> None:
     """Raises TypeError unless ``config`` is a ``config_cls``."""
     if not isinstance(config, config_cls):
-        raise TypeError(
-            f"{type(op).__name__}: config must be a {config_cls.__name__}, "
-            f"got {type(config).__name__}"
-        )
+        raise TypeError(f"{type(op).__name__}: config must be a {config_cls.__name__}, got {type(config).__name__}")
 
 
 def require_callable(owner: str, what: str, value: Any) -> None:
@@ -52,9 +49,7 @@ def record_key(op: OperatorModule, key: jax.Array | None) -> jax.Array | None:
 def require_element(op: Any, element: Any) -> None:
     """Raises TypeError unless ``element`` is a mapping (one record's dict of arrays)."""
     if not isinstance(element, Mapping):
-        raise TypeError(
-            f"{label(op)}: element must be a dict of arrays, got {type(element).__name__}"
-        )
+        raise TypeError(f"{label(op)}: element must be a dict of arrays, got {type(element).__name__}")
 
 
 def child_operators(owner: Any, operators: Any, *, stochastic: bool) -> list[OperatorModule]:
@@ -74,10 +69,7 @@ def child_operators(owner: Any, operators: Any, *, stochastic: bool) -> list[Ope
     """
     owner_name = type(owner).__name__
     if isinstance(operators, OperatorModule) or not isinstance(operators, Sequence):
-        raise TypeError(
-            f"{owner_name}: operators must be a sequence of OperatorModule, "
-            f"got {type(operators).__name__}"
-        )
+        raise TypeError(f"{owner_name}: operators must be a sequence of OperatorModule, got {type(operators).__name__}")
     children = list(operators)
     if not children:
         raise ValueError(f"{owner_name}: operators must hold at least one operator, got []")
@@ -90,9 +82,7 @@ def check_child(owner: Any, child: Any, what: str, *, stochastic: bool) -> None:
     """Checks one child: an ``OperatorModule``, stochastic only if ``owner`` is."""
     owner_name = type(owner).__name__
     if not isinstance(child, OperatorModule):
-        raise TypeError(
-            f"{owner_name}: {what} must be an OperatorModule, got {type(child).__name__}"
-        )
+        raise TypeError(f"{owner_name}: {what} must be an OperatorModule, got {type(child).__name__}")
     if child.stochastic and not stochastic:
         raise ValueError(
             f"{owner_name}: {what} ({label(child)}) is stochastic, so {owner_name} must be "
@@ -136,20 +126,15 @@ def normalised_weights(config_name: str, weights: Any) -> tuple[float, ...] | No
         return None
     if isinstance(weights, str | bytes) or not isinstance(weights, Sequence) or not weights:
         raise ValueError(
-            f"{config_name}: weights must be None or a non-empty tuple of positive numbers, "
-            f"got {weights!r}"
+            f"{config_name}: weights must be None or a non-empty tuple of positive numbers, got {weights!r}"
         )
     for w in weights:
         if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w) or w <= 0:
-            raise ValueError(
-                f"{config_name}: weights must all be finite positive numbers, got {weights!r}"
-            )
+            raise ValueError(f"{config_name}: weights must all be finite positive numbers, got {weights!r}")
     return tuple(float(w) for w in weights)
 
 
-def check_weight_count(
-    owner: Any, weights: tuple[float, ...] | None, count: int
-) -> tuple[float, ...]:
+def check_weight_count(owner: Any, weights: tuple[float, ...] | None, count: int) -> tuple[float, ...]:
     """Normalises ``weights`` to sum 1 (uniform when None), checking there is one per child."""
     if weights is None:
         return tuple(1.0 / count for _ in range(count))

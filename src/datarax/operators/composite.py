@@ -81,14 +81,10 @@ class CompositeOperatorConfig(OperatorConfig):
         super().__post_init__()
         name = type(self).__name__
         if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"{name}: strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}"
-            )
+            raise ValueError(f"{name}: strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         object.__setattr__(self, "weights", normalised_weights(name, self.weights))
         if not isinstance(self.learnable_weights, bool):
-            raise ValueError(
-                f"{name}: learnable_weights must be a bool, got {self.learnable_weights!r}"
-            )
+            raise ValueError(f"{name}: learnable_weights must be a bool, got {self.learnable_weights!r}")
         if self.strategy != "weighted":
             if self.weights is not None:
                 raise ValueError(
@@ -164,8 +160,7 @@ class CompositeOperator(OperatorModule):
             conditions = tuple(conditions)
         elif conditions is not None:
             raise ValueError(
-                f"{owner}: conditions are only used by strategy='branch', "
-                f"got strategy={config.strategy!r}"
+                f"{owner}: conditions are only used by strategy='branch', got strategy={config.strategy!r}"
             )
         weights = None
         if config.strategy == "weighted":
@@ -211,10 +206,7 @@ class CompositeOperator(OperatorModule):
             return element
         if strategy == "branch":
             return self._branch(element, key)
-        outputs = [
-            (i, child.apply(element, child_key(key, i, child)))
-            for i, child in enumerate(self.operators)
-        ]
+        outputs = [(i, child.apply(element, child_key(key, i, child))) for i, child in enumerate(self.operators)]
         return self._merge(outputs) if strategy == "parallel" else self._mix(outputs)
 
     def _child_name(self, i: int) -> str:
@@ -255,8 +247,7 @@ class CompositeOperator(OperatorModule):
     def _branch(self, element: dict[str, Any], key: jax.Array | None) -> dict[str, Any]:
         children = list(self.operators)
         branches = [
-            (lambda e, i=i, child=child: child.apply(e, child_key(key, i, child)))
-            for i, child in enumerate(children)
+            (lambda e, i=i, child=child: child.apply(e, child_key(key, i, child))) for i, child in enumerate(children)
         ]
         names = [self._child_name(i) for i in range(len(children))]
         if len(self.conditions) == len(children):
@@ -266,16 +257,12 @@ class CompositeOperator(OperatorModule):
         for i, condition in enumerate(self.conditions):
             flag = jnp.asarray(condition(element))
             if flag.shape != ():
-                raise ValueError(
-                    f"{label(self)}: conditions[{i}] must return a scalar bool, "
-                    f"got shape {flag.shape}"
-                )
+                raise ValueError(f"{label(self)}: conditions[{i}] must return a scalar bool, got shape {flag.shape}")
             flags.append(flag.astype(bool))
         flags = jnp.stack(flags)
         default = len(self.conditions)
         index = jnp.where(jnp.any(flags), jnp.argmax(flags), default)
-        specs = [(f"branch {b} ({names[b]})", jax.eval_shape(fn, element))
-                 for b, fn in enumerate(branches)]
+        specs = [(f"branch {b} ({names[b]})", jax.eval_shape(fn, element)) for b, fn in enumerate(branches)]
         check_same_specs(self, specs, "branches")
         return jax.lax.switch(index, branches, element)
 

@@ -87,9 +87,7 @@ class ElementOperator(OperatorModule):
         key = record_key(self, key)
         out = self.fn(dict(element), key)
         if not isinstance(out, Mapping):
-            raise TypeError(
-                f"{label(self)}: fn must return a dict of arrays, got {type(out).__name__}"
-            )
+            raise TypeError(f"{label(self)}: fn must return a dict of arrays, got {type(out).__name__}")
         return dict(out)
 
 

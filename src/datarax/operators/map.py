@@ -60,13 +60,9 @@ class MapOperatorConfig(OperatorConfig):
         if subtree is None:
             return
         if isinstance(subtree, str | bytes) or not isinstance(subtree, Sequence) or not subtree:
-            raise ValueError(
-                f"{name}: subtree must be None or a non-empty tuple of key names, got {subtree!r}"
-            )
+            raise ValueError(f"{name}: subtree must be None or a non-empty tuple of key names, got {subtree!r}")
         if not all(isinstance(k, str) and k for k in subtree):
-            raise ValueError(
-                f"{name}: subtree entries must be non-empty strings, got {subtree!r}"
-            )
+            raise ValueError(f"{name}: subtree entries must be non-empty strings, got {subtree!r}")
         if len(set(subtree)) != len(subtree):
             raise ValueError(f"{name}: subtree entries must be unique, got {subtree!r}")
         object.__setattr__(self, "subtree", tuple(subtree))
@@ -129,8 +125,7 @@ class MapOperator(OperatorModule):
             missing = [k for k in subtree if k not in element]
             if missing:
                 raise ValueError(
-                    f"{label(self)}: subtree key(s) {missing} are not in the element "
-                    f"(keys: {sorted(element)})"
+                    f"{label(self)}: subtree key(s) {missing} are not in the element (keys: {sorted(element)})"
                 )
         selected = set(element) if subtree is None else set(subtree)
         leaves, treedef = jax.tree_util.tree_flatten_with_path(element)

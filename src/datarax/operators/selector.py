@@ -127,8 +127,7 @@ class SelectorOperator(OperatorModule):
         element = dict(element)
         run_key = jax.random.fold_in(key, 1)
         branches = [
-            (lambda e, child=child: child.apply(e, run_key if child.stochastic else None))
-            for child in self.operators
+            (lambda e, child=child: child.apply(e, run_key if child.stochastic else None)) for child in self.operators
         ]
         specs = [
             (f"operators[{i}] ({label(child)})", jax.eval_shape(branch, element))

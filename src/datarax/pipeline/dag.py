@@ -115,9 +115,7 @@ def validate_dag(names: Sequence[str], edges: Sequence[Any], sink: str) -> DagGr
     dead = [n for n in names if n not in feeding]
     if dead:
         raise ValueError(f"from_dag: node(s) {dead} do not lead to the sink {sink!r}")
-    return DagGraph(
-        order=tuple(order), node_inputs=tuple((n, tuple(v)) for n, v in inputs.items()), sink=sink
-    )
+    return DagGraph(order=tuple(order), node_inputs=tuple((n, tuple(v)) for n, v in inputs.items()), sink=sink)
 
 
 __all__ = ["SOURCE", "DagGraph", "validate_dag"]

@@ -167,9 +167,7 @@ class PipelineIterator:
                 f"missing={sorted(expected - set(state))}, unexpected={sorted(set(state) - expected)}"
             )
         if state["version"] != STATE_VERSION:
-            raise ValueError(
-                f"PipelineIterator.set_state: state version {state['version']!r} is not {STATE_VERSION}"
-            )
+            raise ValueError(f"PipelineIterator.set_state: state version {state['version']!r} is not {STATE_VERSION}")
         for key, value in self._identity_fields.items():
             if state[key] != value:
                 raise ValueError(

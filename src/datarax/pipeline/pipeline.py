@@ -115,9 +115,7 @@ class Pipeline(DataraxModule):
             nodes, graph, salted = _dag
         else:
             if isinstance(stages, OperatorModule) or not isinstance(stages, Sequence):
-                raise TypeError(
-                    f"Pipeline: stages must be a sequence of operators, got {type(stages).__name__}"
-                )
+                raise TypeError(f"Pipeline: stages must be a sequence of operators, got {type(stages).__name__}")
             nodes = {f"stage_{i}": op for i, op in enumerate(stages)}
             names = list(nodes)
             edges = list(zip([SOURCE, *names], names))  # no stages: no edges
@@ -235,9 +233,7 @@ class Pipeline(DataraxModule):
             raise TypeError(f"Pipeline: source must be a DataSourceModule, got {type(source).__name__}")
         for node_name, op in nodes.items():
             if not isinstance(op, OperatorModule):
-                raise TypeError(
-                    f"Pipeline: stage {node_name!r} must be an OperatorModule, got {type(op).__name__}"
-                )
+                raise TypeError(f"Pipeline: stage {node_name!r} must be an OperatorModule, got {type(op).__name__}")
         batch_size = validate_batch_size(batch_size)
         for flag_name, flag in (("shuffle", shuffle), ("drop_remainder", drop_remainder)):
             if not isinstance(flag, bool):

@@ -65,10 +65,7 @@ class PrefetchIterator:
     def _work(self) -> None:
         try:
             for batch in self._inner:
-                if self._sharding is not None:
-                    batch = jax.device_put(batch, self._sharding)
-                else:
-                    batch = jax.device_put(batch)
+                batch = jax.device_put(batch, self._sharding)  # None: the default device
                 state = self._inner.get_state() if self._checkpointable else None
                 if not self._put((batch, state, None)):
                     return

@@ -30,7 +30,8 @@ included) becomes ``s % 2**32``; integer array scalars are cast to ``uint32``
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -130,11 +131,11 @@ def feistel_permute_np(positions: np.ndarray, n: int, seed: Any, epoch: Any) -> 
     if pos.dtype.kind not in "iu":
         raise ValueError(f"positions must be an integer array, got dtype {pos.dtype}")
     if pos.size and (pos.min() < 0 or pos.max() >= n):
-        raise ValueError(
-            f"positions must lie in [0, n) = [0, {n}), got values in [{pos.min()}, {pos.max()}]"
-        )
-    keys = [np.uint64(k) for k in _round_keys(
-        _u32_int(seed, "seed"), _u32_int(epoch, "epoch"), _py, int, lambda v: v & _M32)]
+        raise ValueError(f"positions must lie in [0, n) = [0, {n}), got values in [{pos.min()}, {pos.max()}]")
+    keys = [
+        np.uint64(k)
+        for k in _round_keys(_u32_int(seed, "seed"), _u32_int(epoch, "epoch"), _py, int, lambda v: v & _M32)
+    ]
     y = _encrypt(pos.astype(np.uint64).ravel(), keys, half, _np, np.uint64)
     walk = np.nonzero(y >= n)[0]
     while walk.size:  # cycle-walk only the elements still outside [0, n)

@@ -50,9 +50,7 @@ def _validated_columns(data: Any) -> tuple[dict[str, jax.Array], int]:
         if key == VALID_MASK:
             raise ValueError(f"MemorySource: column name {VALID_MASK!r} is reserved for batches")
         if not isinstance(value, np.ndarray | jax.Array):
-            raise TypeError(
-                f"MemorySource: column {key!r} must be a numpy or jax array, got {type(value).__name__}"
-            )
+            raise TypeError(f"MemorySource: column {key!r} must be a numpy or jax array, got {type(value).__name__}")
         if value.ndim == 0:
             raise ValueError(f"MemorySource: column {key!r} is a scalar; expected a leading record axis")
         # jnp.issubdtype also knows the ml_dtypes (bfloat16, float8, int4) as numbers.
