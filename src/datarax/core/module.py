@@ -140,6 +140,15 @@ def _restored_value(current: Any, new: Any, path: tuple) -> Any:
     return new
 
 
+def check_stream_available(owner: str, stream_name: str, rngs: nnx.Rngs | None) -> None:
+    """A stochastic module needs rngs that serve its stream (named, or ``default`` as fallback)."""
+    if rngs is None:
+        raise ValueError(f"{owner}: stochastic=True requires rngs with stream {stream_name!r}, got rngs=None")
+    # nnx.Rngs serves a missing named stream from "default".
+    if stream_name not in rngs and "default" not in rngs:
+        raise ValueError(f"{owner} requires rng stream(s) [{stream_name!r}], but only {list(rngs)} are available")
+
+
 class DataraxModule(nnx.Module):
     """Base class for all datarax modules.
 

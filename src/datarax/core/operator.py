@@ -33,7 +33,7 @@ from flax import nnx
 
 from datarax.core.batcher import VALID_MASK
 from datarax.core.config import OperatorConfig
-from datarax.core.module import DataraxModule
+from datarax.core.module import DataraxModule, check_stream_available
 from datarax.core.prng import record_keys, stream_root_key
 
 
@@ -59,14 +59,9 @@ class OperatorModule(DataraxModule):
     ):
         if not isinstance(config, OperatorConfig):
             raise TypeError(f"{type(self).__name__}: config must be an OperatorConfig, got {type(config).__name__}")
-        if config.stochastic and rngs is None:
-            raise ValueError(
-                f"{type(self).__name__}: stochastic=True requires rngs with stream "
-                f"{config.stream_name!r}, got rngs=None"
-            )
-        super().__init__(config, rngs=rngs, name=name)
         if config.stochastic:
-            stream_root_key(rngs, config.stream_name)  # fails early if the stream is missing
+            check_stream_available(type(self).__name__, config.stream_name, rngs)
+        super().__init__(config, rngs=rngs, name=name)
         self.stochastic = config.stochastic
         self.stream_name = config.stream_name
 

@@ -21,7 +21,7 @@ from typing import Any
 from flax import nnx
 
 from datarax.core.config import StructuralConfig
-from datarax.core.module import DataraxModule
+from datarax.core.module import DataraxModule, check_stream_available
 
 
 class StructuralModule(DataraxModule):
@@ -47,18 +47,9 @@ class StructuralModule(DataraxModule):
     ):
         if not isinstance(config, StructuralConfig):
             raise TypeError(f"{type(self).__name__}: config must be a StructuralConfig, got {type(config).__name__}")
-        if config.stochastic and rngs is None:
-            raise ValueError(
-                f"{type(self).__name__}: stochastic=True requires rngs with stream "
-                f"{config.stream_name!r}, got rngs=None"
-            )
+        if config.stochastic:
+            check_stream_available(type(self).__name__, config.stream_name, rngs)
         super().__init__(config, rngs=rngs, name=name)
-        if rngs is not None:
-            available = list(rngs)
-            if "default" in available and config.stream_name is not None:
-                # nnx.Rngs serves a missing named stream from "default".
-                available.append(config.stream_name)
-            self.ensure_rng_streams(available)
         self.stochastic = config.stochastic
         self.stream_name = config.stream_name
 
