@@ -18,6 +18,7 @@ from pipeline_helpers import (
 )
 
 from datarax import Pipeline
+from datarax.checkpoint import OrbaxCheckpointHandler
 from datarax.core.batcher import VALID_MASK
 from datarax.typing import Checkpointable
 
@@ -184,11 +185,10 @@ def test_a_finished_state_resumes_to_an_empty_stream(run, twin):
 
 
 def test_orbax_checkpoint_of_iterator_and_pipeline(run, tmp_path):
-    handler_module = pytest.importorskip("datarax.checkpoint.handler")
     batches, states = run
     pipeline = build_resume_pipeline()
     iterator = iter(pipeline)
-    with handler_module.OrbaxCheckpointHandler(tmp_path / "ckpt", max_to_keep=2) as handler:
+    with OrbaxCheckpointHandler(tmp_path / "ckpt", max_to_keep=2) as handler:
         for step in range(1, 4):
             next(iterator)
             handler.save(step, {"data": iterator, "pipeline": pipeline})
