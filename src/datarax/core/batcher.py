@@ -18,25 +18,13 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
-import jax
-import numpy as np
-
-from datarax.core.spec import add_leading_dim
+from datarax.core.batch_form import VALID_MASK, batched_spec, validate_batch_size
 from datarax.core.structural import StructuralModule
 
 logger = logging.getLogger(__name__)
-
-VALID_MASK = "valid_mask"
-
-
-def validate_batch_size(batch_size: Any) -> int:
-    """Returns ``batch_size`` as an int, or raises ``ValueError`` if it is not a positive int."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
 
 
 class BatcherModule(StructuralModule):
@@ -96,30 +84,4 @@ class BatcherModule(StructuralModule):
         return batched_spec(element_spec, batch_size=batch_size)
 
 
-def batched_spec(element_spec: Any, *, batch_size: int) -> dict[str, Any]:
-    """The one batch form's spec: ``element_spec`` with a leading ``batch_size`` axis plus ``valid_mask``.
-
-    Args:
-        element_spec: Dict pytree of ``jax.ShapeDtypeStruct`` for one element.
-        batch_size: Number of rows.
-
-    Returns:
-        The batched spec, with ``"valid_mask"`` of shape ``(batch_size,)`` and dtype bool.
-
-    Raises:
-        ValueError: If ``batch_size`` is not positive or ``valid_mask`` is already used.
-        TypeError: If ``element_spec`` is not a dict.
-    """
-    batch_size = validate_batch_size(batch_size)
-    if not isinstance(element_spec, Mapping):
-        raise TypeError(
-            f"batch_spec: element_spec must be a dict of ShapeDtypeStruct, got {type(element_spec).__name__}"
-        )
-    if VALID_MASK in element_spec:
-        raise ValueError(f"batch_spec: element_spec uses the reserved key {VALID_MASK!r}")
-    batched = dict(add_leading_dim(dict(element_spec), batch_size))
-    batched[VALID_MASK] = jax.ShapeDtypeStruct((batch_size,), np.dtype(bool))
-    return batched
-
-
-__all__ = ["VALID_MASK", "BatcherModule", "batched_spec", "validate_batch_size"]
+__all__ = ["BatcherModule"]

@@ -1,0 +1,89 @@
+"""Argument validators shared by every constructor and call in datarax.
+
+One place decides what "a positive int" means (an ``int`` or numpy integer,
+never a ``bool``) and how the error reads, so every component refuses bad
+input the same way: a ``ValueError`` that names the owner, the argument, the
+bad value and what was expected. Each validator returns the value in its
+canonical Python type, so callers store what they checked.
+
+Example:
+    >>> positive_int("Pipeline", "batch_size", 32)
+    32
+    >>> positive_int("Pipeline", "batch_size", True)
+    Traceback (most recent call last):
+    ...
+    ValueError: Pipeline: batch_size must be a positive int, got True
+    >>> optional_positive_int("Pipeline", "num_epochs", None) is None
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and numpy integers, False for bools (``True`` is not a count)."""
+    return not isinstance(value, bool | np.bool_) and isinstance(value, int | np.integer)
+
+
+def _prefix(owner: str) -> str:
+    return f"{owner}: " if owner else ""
+
+
+def int_in_range(owner: str, name: str, value: Any, *, low: int, high: int | None = None, what: str) -> int:
+    """Returns ``value`` as an int if ``low <= value`` (and ``value < high``), else raises.
+
+    Args:
+        owner: Who checks (class or function name) for the message.
+        name: The argument's name.
+        value: The value given.
+        low: Smallest accepted value.
+        high: Exclusive upper bound, or None.
+        what: How the message describes an accepted value.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        ValueError: If ``value`` is not an integer in range.
+    """
+    if not is_int(value) or value < low or (high is not None and value >= high):
+        raise ValueError(f"{_prefix(owner)}{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def positive_int(owner: str, name: str, value: Any) -> int:
+    """An int ``>= 1`` (see ``int_in_range``)."""
+    return int_in_range(owner, name, value, low=1, what="a positive int")
+
+
+def non_negative_int(owner: str, name: str, value: Any) -> int:
+    """An int ``>= 0`` (see ``int_in_range``)."""
+    return int_in_range(owner, name, value, low=0, what="a non-negative int")
+
+
+def optional_positive_int(owner: str, name: str, value: Any) -> int | None:
+    """None, or an int ``>= 1``."""
+    if value is None:
+        return None
+    return int_in_range(owner, name, value, low=1, what="a positive int or None")
+
+
+def boolean(owner: str, name: str, value: Any) -> bool:
+    """A Python or numpy bool (not an int standing in for one)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{_prefix(owner)}{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+__all__ = [
+    "boolean",
+    "int_in_range",
+    "is_int",
+    "non_negative_int",
+    "optional_positive_int",
+    "positive_int",
+]
