@@ -86,9 +86,13 @@ def test_structural_config_is_type_error():
         Affine(StructuralConfig())
 
 
-def test_stochastic_without_rngs_is_value_error_at_construction():
-    with pytest.raises(ValueError, match="rngs"):
-        AddNoise(_stochastic_config())
+def test_stochastic_without_rngs_is_built_and_rngs_without_the_stream_are_refused():
+    op = AddNoise(_stochastic_config())  # draws from the pipeline seed in a pipeline
+    assert op.stochastic and not op.has_own_rngs
+    with pytest.raises(ValueError, match="has no rngs of its own"):
+        op.root_key()
+    with pytest.raises(ValueError, match=r"requires rng stream\(s\) \['augment'\]"):
+        AddNoise(_stochastic_config(), rngs=nnx.Rngs(other=0))
 
 
 def test_stochastic_with_stream_or_default_is_built():

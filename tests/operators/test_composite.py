@@ -116,9 +116,10 @@ def test_stochastic_child_requires_a_stochastic_composite():
     noisy = r"operators\[1\] \(ElementOperator\('noisy'\)\) is stochastic"
     with pytest.raises(ValueError, match=noisy):
         CompositeOperator(_config(), [ADD1, _noise_op(name="noisy")])
-    # Configured stochastic, it also needs rngs (the base operator contract).
-    with pytest.raises(ValueError, match="rngs"):
-        CompositeOperator(_stochastic_config(), [_noise_op()])
+    # Configured stochastic, it needs no rngs: a pipeline gives it keys from the pipeline seed.
+    composite = CompositeOperator(_stochastic_config(), [_noise_op()])
+    with pytest.raises(ValueError, match="has no rngs of its own"):
+        composite.record_keys(0, jnp.arange(2))
 
 
 def test_weight_count_must_match_operators():

@@ -69,9 +69,13 @@ def test_config_type_is_checked():
         ElementOperator(OperatorConfig(), _affine)
 
 
-def test_stochastic_needs_rngs():
-    with pytest.raises(ValueError, match="rngs"):
-        ElementOperator(_stochastic(), _noise)
+def test_stochastic_needs_no_rngs_but_alone_it_needs_keys():
+    op = ElementOperator(_stochastic(), _noise)  # in a pipeline, keys come from the pipeline seed
+    assert op.stochastic and not op.has_own_rngs
+    with pytest.raises(ValueError, match="has no rngs of its own"):
+        op.record_keys(0, jnp.arange(2))
+    with pytest.raises(ValueError, match="needs per-row keys"):
+        op({"x": jnp.zeros(2)})
 
 
 # --- deterministic -------------------------------------------------------------------------------

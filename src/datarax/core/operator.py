@@ -5,7 +5,13 @@ axis) as a pure function ``apply(element, key) -> element``. The batch form is
 derived, never hand-written: ``apply_batch`` maps ``apply`` over the leading
 axis with ``jax.vmap``, so the pipeline fuses every stage into one XLA
 program. Randomness arrives as one key per record (see ``datarax.core.prng``),
-so a record's draw does not depend on the batch it travels in.
+so a record's draw does not depend on the batch it travels in. A stochastic
+operator needs no ``rngs``: a pipeline derives its keys from the pipeline
+seed and the node's name; ``rngs`` given to the operator override that.
+
+``apply_batch`` also counts: every operator has ``_applied_count`` and
+``_skipped_count`` (``IterationCount``), and after a batch they have grown by
+the valid rows the operator transformed and passed through unchanged.
 
 ``output_spec`` derives the output element spec with ``jax.eval_shape``; the
 pipeline chains it stage by stage at construction, so a shape or dtype
@@ -29,9 +35,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+from flax.errors import TraceContextError
 
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.core.config import OperatorConfig
 from datarax.core.module import DataraxModule, check_stream_available
 from datarax.core.prng import record_keys, stream_root_key
@@ -47,7 +55,7 @@ class OperatorModule(DataraxModule):
 
     Raises:
         TypeError: If ``config`` is not an ``OperatorConfig``.
-        ValueError: If ``stochastic=True`` but ``rngs`` is None or lacks the stream.
+        ValueError: If ``rngs`` is given to a stochastic operator but lacks its stream.
     """
 
     def __init__(
@@ -59,7 +67,10 @@ class OperatorModule(DataraxModule):
     ):
         if not isinstance(config, OperatorConfig):
             raise TypeError(f"{type(self).__name__}: config must be an OperatorConfig, got {type(config).__name__}")
-        if config.stochastic:
+        # A stochastic operator needs no rngs of its own: in a pipeline it draws
+        # from the pipeline seed, inside a combining operator from its parent's
+        # record key. Rngs given here are an explicit override and must serve the stream.
+        if config.stochastic and rngs is not None:
             check_stream_available(type(self).__name__, config.stream_name, rngs)
         super().__init__(config, rngs=rngs, name=name)
         self.stochastic = config.stochastic
@@ -80,18 +91,58 @@ class OperatorModule(DataraxModule):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement apply()")
 
+    @property
+    def has_own_rngs(self) -> bool:
+        """True when this stochastic operator was given ``rngs`` (its keys then override the pipeline seed)."""
+        return self.stochastic and self.rngs is not None
+
     def root_key(self) -> jax.Array:
-        """The root key of this operator's stream (read, never advanced)."""
+        """The root key of this operator's own stream (read, never advanced).
+
+        Raises:
+            ValueError: If the operator has no ``rngs`` of its own (it then
+                draws from the pipeline seed, or its parent's record key).
+        """
+        if self.rngs is None:
+            raise ValueError(
+                f"{type(self).__name__} has no rngs of its own: in a Pipeline it draws from the pipeline seed; "
+                "to use it alone, build it with rngs=nnx.Rngs(...) or pass per-record keys to apply_batch"
+            )
         return stream_root_key(self.rngs, self.stream_name)
 
     def record_keys(self, epoch: Any, records: Any) -> jax.Array | None:
-        """Per-record keys for ``records`` in ``epoch``; None if deterministic."""
+        """Per-record keys for ``records`` in ``epoch`` from this operator's own rngs; None if deterministic."""
         if not self.stochastic:
             return None
         return record_keys(self.root_key(), epoch, records)
 
+    # -- operation counters ---------------------------------------------------
+
+    def counted_operators(self) -> list[OperatorModule]:
+        """The operators whose counters ``apply_batch`` updates: this one, then its children's, depth first."""
+        return [self]
+
+    def apply_counted(self, element: dict[str, Any], key: jax.Array | None = None) -> tuple[dict[str, Any], Any]:
+        """``apply`` plus what happened to this record at every counted operator.
+
+        Returns ``(output, flags)`` with ``flags`` a bool array of shape
+        ``(len(counted_operators()), 2)``: ``[i, 0]`` is True if operator ``i``
+        transformed the record, ``[i, 1]`` if it saw the record and let it
+        pass unchanged, both False if the record never reached it (an
+        unchosen branch). Operators that always transform (the default)
+        report ``[True, False]``; operators that may skip override this.
+        """
+        return self.apply(element, key), jnp.array([[True, False]])
+
     def apply_batch(self, batch: Mapping[str, Any], keys: jax.Array | None = None) -> dict[str, Any]:
-        """Applies ``apply`` to every row of ``batch`` with ``jax.vmap``.
+        """Applies ``apply`` to every row of ``batch`` with ``jax.vmap``, counting valid rows.
+
+        Every counted operator's ``_applied_count`` / ``_skipped_count`` grows
+        by the valid rows it transformed / passed through (rows whose
+        ``valid_mask`` is False are never counted). The counters are updated
+        eagerly and under ``nnx.jit``, ``nnx.scan`` and ``nnx.vmap``; under a
+        plain ``jax.jit`` that closes over the operator JAX has nowhere to put
+        new counter values, so they are left unchanged there.
 
         Args:
             batch: Dict of arrays with a leading batch axis; a ``valid_mask``
@@ -108,12 +159,24 @@ class OperatorModule(DataraxModule):
         if self.stochastic:
             if keys is None:
                 raise ValueError(f"{type(self).__name__} is stochastic: apply_batch needs per-row keys")
-            out = jax.vmap(self.apply)(data, keys)
+            out, flags = jax.vmap(self.apply_counted)(data, keys)
         else:
-            out = jax.vmap(lambda element: self.apply(element, None))(data)
+            out, flags = jax.vmap(lambda element: self.apply_counted(element, None))(data)
+        self._count(flags, batch.get(VALID_MASK))
         if VALID_MASK in batch:
             out = {**out, VALID_MASK: batch[VALID_MASK]}
         return out
+
+    def _count(self, flags: jax.Array, valid: Any) -> None:
+        if valid is not None:
+            flags = flags & jnp.asarray(valid, dtype=bool)[:, None, None]
+        totals = jnp.sum(flags, axis=0, dtype=jnp.int32)
+        try:
+            for i, op in enumerate(self.counted_operators()):
+                op._applied_count[...] += totals[i, 0]
+                op._skipped_count[...] += totals[i, 1]
+        except TraceContextError:
+            pass  # a plain jax.jit over a closed-over operator: see apply_batch
 
     def output_spec(self, input_spec: Any) -> Any:
         """The element spec this operator produces for ``input_spec`` (via ``jax.eval_shape``).

@@ -1,14 +1,23 @@
 """The seed contract: where every random choice in datarax comes from.
 
 Randomness never comes from a stateful generator inside the compiled step.
-Each stochastic module names an ``nnx.Rngs`` stream; the stream's root key is
-read (never advanced) and the key for record ``r`` in epoch ``e`` is
+A pipeline has one seed, a 32-bit int taken from the ``default`` stream of
+its ``rngs`` (``pipeline_seed``), as Grain's ``ds.seed(s)``. It seeds the
+shuffle, and every stochastic node of the pipeline gets a root key derived
+from the seed and the node's *name*,
 
-    fold_in(fold_in(stream_root_key, e), r)
+    node_key(seed, name) = fold_in(key(seed), crc32(name))
 
-so what a record sees depends only on (stream seed, epoch, record index): not
+so adding, removing or reordering a node never changes another node's draws.
+The key for record ``r`` in epoch ``e`` at a node is
+
+    fold_in(fold_in(root_key, e), r)
+
+so what a record sees depends only on (seed, node, epoch, record index): not
 on batch size, prefetch depth, worker or host count, or where in the stream
-the record happens to be served.
+the record happens to be served. An operator built with its own ``rngs``
+keeps them: its root key is then its stream's key (an explicit override),
+read and never advanced.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -22,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import jax
@@ -50,6 +60,50 @@ def stream_root_key(rngs: nnx.Rngs, stream_name: str) -> jax.Array:
     if "default" in rngs:
         return rngs["default"].key[...]
     raise ValueError(f"rng stream {stream_name!r} is not in rngs (streams: {list(rngs)}) and there is no default")
+
+
+def pipeline_seed(rngs: nnx.Rngs) -> int:
+    """The one 32-bit seed of a pipeline: its ``rngs``' ``default`` stream, folded to an int.
+
+    ``nnx.Rngs(s)`` gives seed ``s`` for ``0 <= s < 2**32``.
+
+    Args:
+        rngs: The pipeline's random number generators.
+
+    Returns:
+        An int in ``[0, 2**32)``.
+
+    Raises:
+        ValueError: If ``rngs`` has no ``default`` stream.
+
+    Example:
+        >>> pipeline_seed(nnx.Rngs(42))
+        42
+    """
+    if "default" not in rngs:
+        raise ValueError(
+            f"the pipeline seed is the 'default' stream of rngs, but rngs has only {sorted(rngs)}; "
+            "pass nnx.Rngs(seed) (or nnx.Rngs(default=seed, ...))"
+        )
+    return seed_from_key(rngs["default"].key[...])
+
+
+def node_key(seed: int, node_name: str) -> jax.Array:
+    """The root key of the stochastic node ``node_name`` of a pipeline seeded with ``seed``.
+
+    Args:
+        seed: The pipeline seed (an int in ``[0, 2**32)``).
+        node_name: The node's name in the pipeline.
+
+    Returns:
+        A typed PRNG key: ``fold_in(key(seed), crc32(node_name))``.
+
+    Example:
+        >>> a, b = node_key(0, "augment"), node_key(0, "mixup")
+        >>> bool((jax.random.key_data(a) != jax.random.key_data(b)).any())
+        True
+    """
+    return jax.random.fold_in(jax.random.key(np.uint32(seed)), zlib.crc32(node_name.encode()))
 
 
 def record_keys(root_key: jax.Array, epoch: Any, records: Any) -> jax.Array:
@@ -86,4 +140,4 @@ def seed_from_key(key: jax.Array) -> int:
     return int((seed * np.uint64(0x85EBCA6B) ^ words[-1]) & np.uint64(0xFFFFFFFF))
 
 
-__all__ = ["record_keys", "seed_from_key", "stream_root_key"]
+__all__ = ["node_key", "pipeline_seed", "record_keys", "seed_from_key", "stream_root_key"]

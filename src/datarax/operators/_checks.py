@@ -14,6 +14,7 @@ from numbers import Real
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from datarax.core.operator import OperatorModule
 from datarax.core.spec import spec_mismatches, spec_of
@@ -95,6 +96,17 @@ def child_key(key: jax.Array | None, index: int, child: OperatorModule) -> jax.A
     if not child.stochastic:
         return None
     return jax.random.fold_in(key, index)
+
+
+def own_flags(applied: Any) -> jax.Array:
+    """A counted operator's own ``(1, 2)`` flag row: ``[applied, skipped]`` for a record it saw."""
+    applied = jnp.asarray(applied, dtype=bool)
+    return jnp.stack([applied, ~applied])[None]
+
+
+def unreached_flags(children: Sequence[OperatorModule]) -> jax.Array:
+    """All-False flags for the counted operators of ``children`` (records that never reached them)."""
+    return jnp.zeros((sum(len(c.counted_operators()) for c in children), 2), dtype=bool)
 
 
 def check_same_specs(owner: Any, outputs: Sequence[tuple[str, Any]], what: str) -> None:

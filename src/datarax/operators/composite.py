@@ -19,8 +19,12 @@
 
 Randomness. A composite is stochastic exactly when its config says so, and it must be if any child
 is. Inside a composite, child ``i`` receives ``fold_in(record_key, i)``: its randomness derives
-from the composite's record key, not from the child's own ``rngs``. Deterministic children get
-None.
+from the composite's record key, so children need no ``rngs`` of their own (any they have are not
+used). Deterministic children get None.
+
+Counting. A composite applies to every valid record it sees, except that a ``"branch"`` composite
+with an identity default skips the records no condition selects; every child counts the records
+that reached it.
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ from datarax.operators._checks import (
     child_operators,
     label,
     normalised_weights,
+    own_flags,
     record_key,
     require_callable,
     require_config,
     require_element,
+    unreached_flags,
 )
 
 STRATEGIES = ("sequential", "parallel", "branch", "weighted")
@@ -180,6 +186,10 @@ class CompositeOperator(OperatorModule):
             return jax.nn.softmax(self.weight_logits[...])
         return jnp.asarray(self.weights, dtype=jnp.float32)
 
+    def counted_operators(self) -> list[OperatorModule]:
+        """This operator, then each child's counted operators in order."""
+        return [self, *(op for child in self.operators for op in child.counted_operators())]
+
     def apply(self, element: dict[str, Any], key: jax.Array | None = None) -> dict[str, Any]:
         """Runs the children on one element according to ``config.strategy``.
 
@@ -196,18 +206,30 @@ class CompositeOperator(OperatorModule):
                 condition does not return a scalar, or the operator is stochastic and ``key`` is
                 None.
         """
+        return self.apply_counted(element, key)[0]
+
+    def apply_counted(self, element: dict[str, Any], key: jax.Array | None = None) -> tuple[dict[str, Any], Any]:
+        """``apply`` plus counting flags (a branch composite skips records that take the identity default)."""
         key = record_key(self, key)
         require_element(self, element)
         element = dict(element)
         strategy = self.config.strategy
-        if strategy == "sequential":
-            for i, child in enumerate(self.operators):
-                element = child.apply(element, child_key(key, i, child))
-            return element
         if strategy == "branch":
             return self._branch(element, key)
-        outputs = [(i, child.apply(element, child_key(key, i, child))) for i, child in enumerate(self.operators)]
-        return self._merge(outputs) if strategy == "parallel" else self._mix(outputs)
+        flags = []
+        if strategy == "sequential":
+            for i, child in enumerate(self.operators):
+                element, child_flags = child.apply_counted(element, child_key(key, i, child))
+                flags.append(child_flags)
+            out = element
+        else:
+            outputs = []
+            for i, child in enumerate(self.operators):
+                child_out, child_flags = child.apply_counted(element, child_key(key, i, child))
+                outputs.append((i, child_out))
+                flags.append(child_flags)
+            out = self._merge(outputs) if strategy == "parallel" else self._mix(outputs)
+        return out, jnp.concatenate([own_flags(True), *flags])
 
     def _child_name(self, i: int) -> str:
         return f"operators[{i}] ({label(self.operators[i])})"
@@ -244,14 +266,24 @@ class CompositeOperator(OperatorModule):
 
         return jax.tree.map(weighted_sum, *(out for _, out in outputs))
 
-    def _branch(self, element: dict[str, Any], key: jax.Array | None) -> dict[str, Any]:
+    def _branch(self, element: dict[str, Any], key: jax.Array | None) -> tuple[dict[str, Any], Any]:
         children = list(self.operators)
-        branches = [
-            (lambda e, i=i, child=child: child.apply(e, child_key(key, i, child))) for i, child in enumerate(children)
-        ]
+
+        def child_branch(i: int):
+            def run(e):
+                out, flags = children[i].apply_counted(e, child_key(key, i, children[i]))
+                blocks = [own_flags(True), unreached_flags(children[:i]), flags, unreached_flags(children[i + 1 :])]
+                return out, jnp.concatenate(blocks)
+
+            return run
+
+        def identity(e):
+            return dict(e), jnp.concatenate([own_flags(False), unreached_flags(children)])
+
+        branches = [child_branch(i) for i in range(len(children))]
         names = [self._child_name(i) for i in range(len(children))]
         if len(self.conditions) == len(children):
-            branches.append(dict)
+            branches.append(identity)
             names.append("the identity default")
         flags = []
         for i, condition in enumerate(self.conditions):
@@ -262,7 +294,7 @@ class CompositeOperator(OperatorModule):
         flags = jnp.stack(flags)
         default = len(self.conditions)
         index = jnp.where(jnp.any(flags), jnp.argmax(flags), default)
-        specs = [(f"branch {b} ({names[b]})", jax.eval_shape(fn, element)) for b, fn in enumerate(branches)]
+        specs = [(f"branch {b} ({names[b]})", jax.eval_shape(fn, element)[0]) for b, fn in enumerate(branches)]
         check_same_specs(self, specs, "branches")
         return jax.lax.switch(index, branches, element)
 

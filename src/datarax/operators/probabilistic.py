@@ -9,8 +9,9 @@ Because the two outcomes are merged by ``jax.lax.cond`` (a select under ``vmap``
 keep the element spec exactly (same keys, shapes, dtypes). This is checked while tracing, so
 ``output_spec`` raises ValueError at pipeline construction.
 
-``apply`` stays pure: nothing counts applications. To measure the rate, compare outputs with
-inputs, or wrap the child so it also writes a flag key.
+Counting. ``apply`` stays pure; ``apply_batch`` (what the pipeline runs) adds the valid records
+drawn below ``p`` to ``_applied_count`` and the others to ``_skipped_count``, and the child counts
+only the records it was applied to.
 
 ``p = 0`` and ``p = 1`` need no draw, so the operator may then be deterministic
 (``stochastic=False``), as long as the child is deterministic too.
@@ -24,6 +25,7 @@ from numbers import Real
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from datarax.core.config import OperatorConfig
@@ -32,9 +34,11 @@ from datarax.core.spec import spec_mismatches, spec_of
 from datarax.operators._checks import (
     check_child,
     label,
+    own_flags,
     record_key,
     require_config,
     require_element,
+    unreached_flags,
 )
 
 
@@ -111,6 +115,10 @@ class ProbabilisticOperator(OperatorModule):
         super().__init__(config, rngs=rngs, name=name)
         self.operator = operator
 
+    def counted_operators(self) -> list[OperatorModule]:
+        """This operator, then its child's counted operators."""
+        return [self, *self.operator.counted_operators()]
+
     def apply(self, element: dict[str, Any], key: jax.Array | None = None) -> dict[str, Any]:
         """Transforms one element with probability ``p``, else returns it unchanged.
 
@@ -125,6 +133,10 @@ class ProbabilisticOperator(OperatorModule):
             ValueError: If the child changes the element spec, or the operator is stochastic and
                 ``key`` is None.
         """
+        return self.apply_counted(element, key)[0]
+
+    def apply_counted(self, element: dict[str, Any], key: jax.Array | None = None) -> tuple[dict[str, Any], Any]:
+        """``apply`` plus counting flags: applied where the draw fell below ``p``, skipped elsewhere."""
         key = record_key(self, key)
         require_element(self, element)
         element = dict(element)
@@ -132,9 +144,12 @@ class ProbabilisticOperator(OperatorModule):
         child_key = jax.random.fold_in(key, 1) if child.stochastic else None
 
         def transform(e):
-            return child.apply(e, child_key)
+            return child.apply_counted(e, child_key)
 
-        problems = spec_mismatches(jax.eval_shape(transform, element), spec_of(element))
+        def skip(e):
+            return dict(e), unreached_flags([child])
+
+        problems = spec_mismatches(jax.eval_shape(transform, element)[0], spec_of(element))
         if problems:
             raise ValueError(
                 f"{label(self)}: its operator ({label(child)}) must keep the element spec, "
@@ -142,9 +157,12 @@ class ProbabilisticOperator(OperatorModule):
             )
         p = self.config.probability
         if key is None:  # deterministic: p is 0 or 1
-            return transform(element) if p == 1 else element
-        apply_it = jax.random.uniform(jax.random.fold_in(key, 0), ()) < p
-        return jax.lax.cond(apply_it, transform, dict, element)
+            apply_it = p == 1
+            out, flags = transform(element) if apply_it else skip(element)
+        else:
+            apply_it = jax.random.uniform(jax.random.fold_in(key, 0), ()) < p
+            out, flags = jax.lax.cond(apply_it, transform, skip, element)
+        return out, jnp.concatenate([own_flags(apply_it), flags])
 
 
 __all__ = ["ProbabilisticOperator", "ProbabilisticOperatorConfig"]

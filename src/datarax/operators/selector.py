@@ -9,6 +9,9 @@ on (stream seed, epoch, record), never on the batch, and a new epoch chooses ane
 same element spec; this is checked while tracing, hence by ``output_spec`` at pipeline
 construction (ValueError naming the disagreeing children). The children may change the input's
 spec, as long as they all change it the same way.
+
+Counting. The selector applies to every valid record (``_applied_count``); each child counts
+the records chosen for it.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from datarax.operators._checks import (
     child_operators,
     label,
     normalised_weights,
+    own_flags,
     record_key,
     require_config,
     require_element,
+    unreached_flags,
 )
 
 
@@ -109,6 +114,10 @@ class SelectorOperator(OperatorModule):
         self.operators = nnx.List(children)
         self.weights = weights
 
+    def counted_operators(self) -> list[OperatorModule]:
+        """This operator, then each child's counted operators in order."""
+        return [self, *(op for child in self.operators for op in child.counted_operators())]
+
     def apply(self, element: dict[str, Any], key: jax.Array | None = None) -> dict[str, Any]:
         """Runs the child chosen for this record.
 
@@ -122,21 +131,34 @@ class SelectorOperator(OperatorModule):
         Raises:
             ValueError: If the children disagree on the output spec, or ``key`` is None.
         """
+        return self.apply_counted(element, key)[0]
+
+    def apply_counted(self, element: dict[str, Any], key: jax.Array | None = None) -> tuple[dict[str, Any], Any]:
+        """``apply`` plus counting flags: the selector applies to every record, only the chosen child counts it."""
         key = record_key(self, key)
         require_element(self, element)
         element = dict(element)
         run_key = jax.random.fold_in(key, 1)
-        branches = [
-            (lambda e, child=child: child.apply(e, run_key if child.stochastic else None)) for child in self.operators
-        ]
+        children = list(self.operators)
+
+        def branch(i: int):
+            def run(e):
+                out, flags = children[i].apply_counted(e, run_key if children[i].stochastic else None)
+                blocks = [unreached_flags(children[:i]), flags, unreached_flags(children[i + 1 :])]
+                return out, jnp.concatenate(blocks)
+
+            return run
+
+        branches = [branch(i) for i in range(len(children))]
         specs = [
-            (f"operators[{i}] ({label(child)})", jax.eval_shape(branch, element))
-            for i, (child, branch) in enumerate(zip(self.operators, branches, strict=True))
+            (f"operators[{i}] ({label(child)})", jax.eval_shape(fn, element)[0])
+            for i, (child, fn) in enumerate(zip(children, branches, strict=True))
         ]
         check_same_specs(self, specs, "operators")
         logits = jnp.log(jnp.asarray(self.weights, dtype=jnp.float32))
         index = jax.random.categorical(jax.random.fold_in(key, 0), logits)
-        return jax.lax.switch(index, branches, element)
+        out, flags = jax.lax.switch(index, branches, element)
+        return out, jnp.concatenate([own_flags(True), flags])
 
 
 __all__ = ["SelectorOperator", "SelectorOperatorConfig"]
