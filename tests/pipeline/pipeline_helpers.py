@@ -54,7 +54,7 @@ def expected_noise(op: OperatorModule, epoch: int, n: int) -> np.ndarray:
 def build_resume_pipeline(n: int = 23, batch_size: int = 5, num_epochs: int | None = 2, **kwargs: Any) -> Pipeline:
     """The pipeline the resume tests (in-process and in a fresh process) rebuild identically."""
     kwargs.setdefault("shuffle", True)
-    kwargs.setdefault("rngs", nnx.Rngs(shuffle=11))
+    kwargs.setdefault("rngs", nnx.Rngs(11))
     stream_seed = kwargs.pop("stream_seed", 3)
     return Pipeline(
         source=make_source(n),

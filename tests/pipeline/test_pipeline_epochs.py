@@ -42,7 +42,7 @@ def test_every_epoch_serves_every_record_once(n, batch_size, num_epochs, shuffle
         source=make_source(n),
         batch_size=batch_size,
         shuffle=shuffle,
-        rngs=nnx.Rngs(shuffle=7),
+        rngs=nnx.Rngs(7),
         drop_remainder=drop_remainder,
         num_epochs=num_epochs,
         prefetch=1,

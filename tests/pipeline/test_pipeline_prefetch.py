@@ -21,7 +21,7 @@ def _build(prefetch=2, num_epochs=2):
         stages=[noise_op(1)],
         batch_size=B,
         shuffle=True,
-        rngs=nnx.Rngs(shuffle=9),
+        rngs=nnx.Rngs(9),
         num_epochs=num_epochs,
         prefetch=prefetch,
     )
@@ -183,3 +183,62 @@ def test_close_stops_the_worker_thread():
     assert {t.ident for t in threading.enumerate() if t.name == "datarax-prefetch"} <= before
     with pytest.raises(StopIteration):
         next(wrapped)
+
+
+@pytest.mark.parametrize(
+    ("iterator", "shown"),
+    [
+        (42, "int 42"),
+        (None, "NoneType None"),
+        (3.5, "float 3.5"),
+        ("batches", "str 'batches'"),
+        ({"x": np.zeros(2)}, "dict {'x': array"),
+    ],
+)
+def test_prefetch_to_device_rejects_a_non_iterator_at_the_call(iterator, shown):
+    before = {t.ident for t in threading.enumerate() if t.name == "datarax-prefetch"}
+    with pytest.raises(TypeError) as info:
+        prefetch_to_device(iterator)
+    message = str(info.value)
+    assert message.startswith("prefetch_to_device: iterator must be an iterator or iterable of batches")
+    assert f"got {shown}" in message
+    assert {t.ident for t in threading.enumerate() if t.name == "datarax-prefetch"} == before, "no thread started"
+
+
+def test_prefetch_to_device_accepts_iterables_such_as_a_pipeline_or_a_list():
+    pipeline = _build(num_epochs=1)
+    wrapped = prefetch_to_device(pipeline, size=1)
+    try:
+        assert_streams_equal(collect(wrapped), collect(iter(_build(num_epochs=1))))
+        assert wrapped.get_state()["epoch"] == 1  # a pipeline's iterator is Checkpointable, and so the result
+    finally:
+        wrapped.close()
+    wrapped = prefetch_to_device([{"x": np.arange(2)}, {"x": np.arange(2) + 2}])
+    assert [b["x"].tolist() for b in wrapped] == [[0, 1], [2, 3]]
+    wrapped.close()
+
+
+@pytest.mark.parametrize("sharding", ["cpu", 0, [], PartitionSpec("data"), {"x": "cpu"}])
+def test_prefetch_to_device_rejects_a_sharding_that_is_not_a_placement(sharding):
+    with pytest.raises(TypeError, match=r"prefetch_to_device: sharding must be None, a jax.sharding.Sharding, a jax"):
+        prefetch_to_device(iter([{"x": np.zeros(2)}]), sharding=sharding)
+
+
+def test_prefetch_to_device_places_on_a_device_or_a_pytree_of_placements():
+    device = jax.devices()[3]
+    wrapped = prefetch_to_device(iter([{"x": np.arange(2), "y": np.ones(2)}]), sharding=device)
+    assert next(wrapped)["x"].devices() == {device}
+    wrapped.close()
+    per_key = {"x": jax.devices()[1], "y": jax.sharding.SingleDeviceSharding(jax.devices()[2])}
+    wrapped = prefetch_to_device(iter([{"x": np.arange(2), "y": np.ones(2)}]), sharding=per_key)
+    batch = next(wrapped)
+    assert batch["x"].devices() == {jax.devices()[1]} and batch["y"].devices() == {jax.devices()[2]}
+    wrapped.close()
+
+
+def test_a_refused_call_consumes_nothing_from_the_iterator():
+    batches = iter([{"x": np.arange(2)}, {"x": np.arange(2) + 2}])
+    for bad in ({"size": 0}, {"sharding": "gpu"}):
+        with pytest.raises((TypeError, ValueError)):
+            prefetch_to_device(batches, **bad)
+    assert next(batches)["x"].tolist() == [0, 1]

@@ -34,7 +34,7 @@ def _run(batch_size=7, shuffle=True, prefetch=2, stream_seed=3):
         stages=[op],
         batch_size=batch_size,
         shuffle=shuffle,
-        rngs=nnx.Rngs(shuffle=1),
+        rngs=nnx.Rngs(1),
         num_epochs=EPOCHS,
         prefetch=prefetch,
     )
@@ -109,7 +109,7 @@ def test_draws_survive_resume(reference):
             stages=[noise_op(3)],
             batch_size=7,
             shuffle=True,
-            rngs=nnx.Rngs(shuffle=1),
+            rngs=nnx.Rngs(1),
             num_epochs=EPOCHS,
         )
     )

@@ -124,7 +124,7 @@ def test_resume_in_a_fresh_process(run, twin):
     "change, field",
     [
         ({"batch_size": 4}, "batch_size"),
-        ({"rngs": nnx.Rngs(shuffle=12)}, "seed"),
+        ({"rngs": nnx.Rngs(12)}, "seed"),
         ({"n": 24}, "num_records"),
         ({"shuffle": False}, None),
         ({"stream_seed": 4}, "fingerprint"),

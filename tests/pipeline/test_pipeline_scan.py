@@ -1,5 +1,6 @@
 """``Pipeline.scan``: data and a user step as one ``nnx.scan``, continuing the pipeline's stream."""
 
+import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ def _build(num_epochs=2):
         stages=[noise_op(7)],
         batch_size=B,
         shuffle=True,
-        rngs=nnx.Rngs(shuffle=4),
+        rngs=nnx.Rngs(4),
         num_epochs=num_epochs,
     )
 
@@ -64,10 +65,46 @@ def test_scan_equals_plain_iteration_and_continues_the_stream(plain_batches):
     np.testing.assert_allclose(float(acc.total[...]), outputs["sum"].sum(), rtol=1e-5)
     assert int(pipeline.next_epoch.get_value()) == 2
 
-    # The stream (num_epochs=2) is spent: scanning on fails and changes nothing.
-    with pytest.raises(ValueError, match="length=1 but only 0 batches remain"):
-        pipeline.scan(train_step, length=1, modules=(acc,))
-    assert int(acc.steps[...]) == 6
+    # The scan iterator (num_epochs=2) is spent: scanning on continues into the next epochs
+    # with a fresh iterator, exactly as a second `for batch in pipeline` loop would.
+    more = pipeline.scan(train_step, length=len(pipeline), modules=(acc,))
+    second_loop = collect(_build_after_two_epochs())
+    for t in range(len(pipeline)):
+        np.testing.assert_array_equal(np.asarray(more["label"][t]), second_loop[t]["label"])
+    assert int(acc.steps[...]) == 6 + len(pipeline)
+    assert pipeline.scan_iterator.epoch == 3 and pipeline.scan_iterator.position == 0
+
+
+def _build_after_two_epochs():
+    pipeline = _build()
+    collect(pipeline)  # the first loop: epochs 0 and 1
+    return pipeline
+
+
+def test_scan_continues_into_the_next_epoch_like_a_second_for_loop():
+    loops = _build(num_epochs=1)
+    first, second = collect(loops), collect(loops)
+    pipeline = _build(num_epochs=1)
+    a = pipeline.scan(lambda batch: batch["label"], length=len(pipeline))
+    b = pipeline.scan(lambda batch: batch["label"], length=len(pipeline))
+    for t in range(len(pipeline)):
+        np.testing.assert_array_equal(np.asarray(a[t]), first[t]["label"])
+        np.testing.assert_array_equal(np.asarray(b[t]), second[t]["label"])
+    # The scan iterator is reachable and checkpointable like any other.
+    state = pipeline.scan_iterator.get_state()
+    assert (state["epoch"], state["position"]) == (2, 0)
+    assert int(pipeline.next_epoch.get_value()) == 2
+
+
+def test_scan_iterator_state_restores_into_a_fresh_pipeline():
+    pipeline = _build(num_epochs=None)
+    pipeline.scan(lambda batch: batch["label"], length=4)
+    state = json.loads(json.dumps(pipeline.scan_iterator.get_state()))
+    want = pipeline.scan(lambda batch: batch["label"], length=3)
+    fresh = _build(num_epochs=None)
+    fresh.scan_iterator.set_state(state)
+    got = fresh.scan(lambda batch: batch["label"], length=3)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_scan_past_the_end_of_a_single_epoch_raises():

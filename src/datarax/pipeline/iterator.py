@@ -1,8 +1,10 @@
 """``PipelineIterator``: the cursor over a pipeline's stream, and its tiny state.
 
 The iterator is two integers, ``(epoch, position)``: the epoch being served
-and the epoch position of the next batch's first row. Everything a batch
-holds is a pure function of that pair and the pipeline's construction, so
+and the epoch position of the next batch's first row. It walks a
+``StreamSpec`` (what the stream is) with a ``StepBinding`` (the compiled step
+bound to the pipeline's live state). Everything a batch holds is a pure
+function of the cursor and the pipeline's construction, so
 
 * ``get_state`` is a small JSON-able dict that does not grow with the data;
 * ``set_state`` on an identically built pipeline, in any process, continues
@@ -11,10 +13,10 @@ holds is a pure function of that pair and the pipeline's construction, so
   them asynchronously), but the state reported is that of the last batch
   handed to the consumer, never of work done ahead.
 
-The state also records what shapes the stream (seed, record count, batch
-size, shuffle, drop_remainder, and a fingerprint of the source spec and the
-operator graph and seeds); a state from a differently configured pipeline is
-refused with a ``ValueError`` that names the first difference.
+The state also records the stream's identity (``StreamSpec.identity``: seed,
+record count, batch size, shuffle, drop_remainder, fingerprint); a state from
+a differently configured pipeline is refused with a ``ValueError`` that names
+the first difference.
 
 Example:
     >>> import json, numpy as np
@@ -37,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import collections
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,66 +46,83 @@ import jax
 import numpy as np
 from flax import nnx
 
-STATE_VERSION = 1
+from datarax.core.validation import is_int, positive_int
+from datarax.pipeline.program import StepBinding
+from datarax.pipeline.stream import StreamSpec
 
-# Jitted scan functions per pipeline and user step function.
-_SCAN_FNS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+STATE_VERSION = 1
 
 
 class PipelineIterator:
-    """Iterates the batches of a ``Pipeline``; ``Checkpointable``.
+    """Iterates the batches of a pipeline's stream; ``Checkpointable``.
 
-    Created by ``iter(pipeline)``: it starts at the pipeline's ``next_epoch``
-    and runs ``num_epochs`` epochs (forever if None).
+    Created by ``iter(pipeline)``, which passes everything explicitly.
 
     Args:
-        pipeline: The pipeline to iterate.
+        stream: The stream walked.
+        binding: The compiled step bound to the pipeline's state.
+        first_epoch: The epoch the iterator starts at.
+        num_epochs: Epochs to run (None: forever).
+        prefetch: Batches dispatched ahead of the consumer.
+        on_epoch: Called with an epoch when its first batch is handed out
+            (the pipeline counts started epochs, so the next ``iter`` starts a
+            fresh one).
+        on_restore: Called with ``(epoch, started)`` by ``set_state``.
     """
 
-    def __init__(self, pipeline: Any):
-        self._pipeline = pipeline
-        self._step, self._state = pipeline.compiled_step()
-        self._epoch = int(pipeline.next_epoch.get_value())
-        self._position = 0
-        self._stop_epoch = None if pipeline.num_epochs is None else self._epoch + pipeline.num_epochs
+    def __init__(
+        self,
+        *,
+        stream: StreamSpec,
+        binding: StepBinding,
+        first_epoch: int,
+        num_epochs: int | None,
+        prefetch: int,
+        on_epoch: Callable[[int], None],
+        on_restore: Callable[[int, bool], None],
+    ):
+        self.stream = stream
+        self._binding = binding
+        self._prefetch = prefetch
+        self._on_epoch = on_epoch
+        self._on_restore = on_restore
+        self._epoch, self._position = first_epoch, 0
+        self._stop_epoch = None if num_epochs is None else first_epoch + num_epochs
         self._queue: collections.deque = collections.deque()
         self._dispatch = (self._epoch, self._position)
-        self._identity_fields = self._identity()
 
     # -- the stream -----------------------------------------------------------
-
-    def _advance(self, epoch: int, position: int) -> tuple[int, int]:
-        position += self._pipeline.batch_size
-        if position >= self._pipeline.batches_per_epoch * self._pipeline.batch_size:
-            return epoch + 1, 0
-        return epoch, position
 
     def _finished(self, epoch: int) -> bool:
         return self._stop_epoch is not None and epoch >= self._stop_epoch
 
+    @property
+    def exhausted(self) -> bool:
+        """True when no batch is left."""
+        return self._finished(self._epoch)
+
     def _fill(self, depth: int) -> None:
         while len(self._queue) < depth and not self._finished(self._dispatch[0]):
             epoch, position = self._dispatch
-            self._queue.append((epoch, self._step(self._state, epoch, position)))
-            self._dispatch = self._advance(epoch, position)
-
-    def _mark_started(self, epoch: int) -> None:
-        # The pipeline counts epochs its iterators have started, so the next
-        # iter(pipeline) begins a fresh epoch instead of repeating this one.
-        if int(self._pipeline.next_epoch.get_value()) <= epoch:
-            self._pipeline.next_epoch.set_value(epoch + 1)
+            # Batches dispatched ahead chain their operation counters; each
+            # batch's counters reach the modules when the batch is handed out.
+            counters = self._queue[-1][2] if self._queue else None
+            batch, counters = self._binding.run(epoch, position, counters)
+            self._queue.append((epoch, batch, counters))
+            self._dispatch = self.stream.advance(epoch, position)
 
     def __iter__(self) -> PipelineIterator:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        self._fill(max(1, self._pipeline.prefetch))  # at least the batch handed over now
+        self._fill(max(1, self._prefetch))  # at least the batch handed over now
         if not self._queue:
             raise StopIteration
-        epoch, batch = self._queue.popleft()  # the queue starts at the consumer's cursor
-        self._epoch, self._position = self._advance(self._epoch, self._position)
-        self._mark_started(epoch)
-        self._fill(self._pipeline.prefetch)  # keep the device busy while the consumer works
+        epoch, batch, counters = self._queue.popleft()  # the queue starts at the consumer's cursor
+        self._binding.store_counters(counters)
+        self._epoch, self._position = self.stream.advance(self._epoch, self._position)
+        self._on_epoch(epoch)
+        self._fill(self._prefetch)  # keep the device busy while the consumer works
         return batch
 
     @property
@@ -119,17 +137,6 @@ class PipelineIterator:
 
     # -- checkpointing --------------------------------------------------------
 
-    def _identity(self) -> dict[str, Any]:
-        p = self._pipeline
-        return {
-            "seed": int(p.seed),
-            "num_records": int(p.num_records),
-            "batch_size": int(p.batch_size),
-            "shuffle": bool(p.shuffle),
-            "drop_remainder": bool(p.drop_remainder),
-            "fingerprint": int(p.fingerprint()),
-        }
-
     def get_state(self) -> dict[str, Any]:
         """The state after the last batch handed to the consumer (JSON-serialisable).
 
@@ -143,7 +150,7 @@ class PipelineIterator:
             "epoch": self._epoch,
             "position": self._position,
             "stop_epoch": self._stop_epoch,
-            **self._identity_fields,
+            **self.stream.identity(),
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -158,47 +165,35 @@ class PipelineIterator:
                 configured pipeline, or its cursor is out of range. The
                 iterator is unchanged on failure.
         """
+        owner = "PipelineIterator.set_state"
         if not isinstance(state, Mapping):
-            raise TypeError(f"PipelineIterator.set_state: state must be a dict, got {type(state).__name__}")
+            raise TypeError(f"{owner}: state must be a dict, got {type(state).__name__}")
         expected = set(self.get_state())
         if set(state) != expected:
             raise ValueError(
-                "PipelineIterator.set_state: state keys do not match; "
+                f"{owner}: state keys do not match; "
                 f"missing={sorted(expected - set(state))}, unexpected={sorted(set(state) - expected)}"
             )
         if state["version"] != STATE_VERSION:
-            raise ValueError(f"PipelineIterator.set_state: state version {state['version']!r} is not {STATE_VERSION}")
-        for key, value in self._identity_fields.items():
+            raise ValueError(f"{owner}: state version {state['version']!r} is not {STATE_VERSION}")
+        for key, value in self.stream.identity().items():
             if state[key] != value:
                 raise ValueError(
-                    "PipelineIterator.set_state: the state comes from a differently configured pipeline: "
+                    f"{owner}: the state comes from a differently configured pipeline: "
                     f"{key} is {state[key]!r} in the state but {value!r} here"
                 )
         epoch, position, stop = state["epoch"], state["position"], state["stop_epoch"]
-        limit = self._pipeline.batches_per_epoch * self._pipeline.batch_size
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"PipelineIterator.set_state: epoch must be an int >= 0, got {epoch!r}")
-        if (
-            isinstance(position, bool)
-            or not isinstance(position, int)
-            or not 0 <= position < limit
-            or position % self._pipeline.batch_size
-        ):
-            raise ValueError(
-                f"PipelineIterator.set_state: position must be a multiple of {self._pipeline.batch_size} "
-                f"in [0, {limit}), got {position!r}"
-            )
-        if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < epoch):
-            raise ValueError(
-                f"PipelineIterator.set_state: stop_epoch must be None or an int >= epoch {epoch}, got {stop!r}"
-            )
+        limit, size = self.stream.positions_per_epoch, self.stream.batch_size
+        if not is_int(epoch) or epoch < 0:
+            raise ValueError(f"{owner}: epoch must be an int >= 0, got {epoch!r}")
+        if not is_int(position) or not 0 <= position < limit or position % size:
+            raise ValueError(f"{owner}: position must be a multiple of {size} in [0, {limit}), got {position!r}")
+        if stop is not None and (not is_int(stop) or stop < epoch):
+            raise ValueError(f"{owner}: stop_epoch must be None or an int >= epoch {epoch}, got {stop!r}")
         self._queue.clear()
-        self._epoch, self._position, self._stop_epoch = epoch, position, stop
-        self._dispatch = (epoch, position)
-        if position > 0:
-            self._mark_started(epoch)
-        elif int(self._pipeline.next_epoch.get_value()) < epoch:
-            self._pipeline.next_epoch.set_value(epoch)
+        self._epoch, self._position, self._stop_epoch = int(epoch), int(position), stop
+        self._dispatch = (self._epoch, self._position)
+        self._on_restore(self._epoch, self._position > 0)
 
     # -- many steps in one program --------------------------------------------
 
@@ -209,12 +204,13 @@ class PipelineIterator:
         length: int,
         modules: Sequence[nnx.Module] = (),
     ) -> Any:
-        """Runs the next ``length`` batches and ``step_fn`` on each as one ``nnx.scan``.
+        """Runs the next ``length`` batches and ``step_fn`` on each as one ``jax.lax.scan``.
 
         ``step_fn(batch, *modules)`` may update the modules in place (an
         optimizer step, say) and returns any pytree; the results of all steps
         are returned stacked along a new leading axis. The iterator advances by
-        ``length`` batches, exactly as ``length`` calls of ``next`` would.
+        ``length`` batches, exactly as ``length`` calls of ``next`` would, and
+        the batches are the same (the compiled step is the one ``next`` runs).
 
         Args:
             step_fn: The user step, traced once per ``(step_fn, length)``.
@@ -228,43 +224,27 @@ class PipelineIterator:
             ValueError: If ``length`` is not a positive int or fewer than
                 ``length`` batches remain.
         """
-        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
-            raise ValueError(f"scan: length must be a positive int, got {length!r}")
+        length = positive_int("scan", "length", length)
         modules = tuple(modules)
-        epoch, position = self._epoch, self._position
-        schedule = []
-        for _ in range(length):
-            if self._finished(epoch):
-                raise ValueError(f"scan: length={length} but only {len(schedule)} batches remain")
-            schedule.append((epoch, position))
-            epoch, position = self._advance(epoch, position)
+        schedule = self.stream.schedule(self._epoch, self._position, length)
+        remaining = sum(not self._finished(epoch) for epoch, _ in schedule)
+        if remaining < length:
+            raise ValueError(f"scan: length={length} but only {remaining} batches remain")
         epochs = np.array([e for e, _ in schedule], dtype=np.int32)
         starts = np.array([p for _, p in schedule], dtype=np.int32)
-        outputs = self._scan_fn(step_fn)(self._pipeline, modules, epochs, starts)
+        modules_graphdef, module_state = nnx.split(modules)
+        binding = self._binding
+        run = binding.program.scan(step_fn, modules_graphdef)
+        fixed, counters = binding.arguments()
+        counters, module_state, outputs = run(fixed, counters, binding.treedefs, module_state, epochs, starts)
+        binding.store_counters(counters)
+        nnx.update(modules, module_state)
         self._queue.clear()
         for started, _ in schedule:
-            self._mark_started(started)
-        self._epoch, self._position = epoch, position
-        self._dispatch = (epoch, position)
+            self._on_epoch(started)
+        self._epoch, self._position = self.stream.advance(*schedule[-1])
+        self._dispatch = (self._epoch, self._position)
         return outputs
 
-    def _scan_fn(self, step_fn: Callable[..., Any]) -> Callable[..., Any]:
-        cache = _SCAN_FNS.setdefault(self._pipeline, {})
-        if step_fn not in cache:
 
-            @nnx.jit
-            def run(pipeline, modules, epochs, starts):
-                @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
-                def body(carry, epoch, start):
-                    pipeline, modules = carry
-                    out = step_fn(pipeline.compute_batch(epoch, start), *modules)
-                    return (pipeline, modules), out
-
-                _, outputs = body((pipeline, modules), epochs, starts)
-                return outputs
-
-            cache[step_fn] = run
-        return cache[step_fn]
-
-
-__all__ = ["PipelineIterator"]
+__all__ = ["PipelineIterator", "STATE_VERSION"]

@@ -1,25 +1,34 @@
 """``Pipeline``: a source, a graph of operators and a batch size, compiled as one step.
 
 The pipeline owns the epoch order and nothing else moves: for batch ``t`` of
-epoch ``e`` one jitted function computes
+epoch ``e`` one jitted function (``datarax.pipeline.program``) computes
 
     positions [t*B, (t+1)*B)  ->  records (the sampler: Feistel or identity)
     ->  source.get_records  ->  every operator (vmapped, per-record keys)
     ->  {**columns, "valid_mask"}
 
 so there is no per-element Python work and, after the first batch, no
-retracing. Positions past the end of the epoch are clamped to the last one:
-padding rows are copies of the epoch's last real record (keys included), and
+retracing; a second pipeline built the same way reuses the compiled program.
+Positions past the end of the epoch are clamped to the last one: padding rows
+are copies of the epoch's last real record (keys included), and
 ``valid_mask`` marks them False. With ``drop_remainder=True`` the short batch
 is not produced at all.
 
-Iteration state is two integers, ``(epoch, position)``; the whole remaining
-stream is a pure function of them and the pipeline's construction, which is
-what makes resume exact and the state tiny (see ``PipelineIterator``).
+**One seed.** ``rngs`` is the pipeline's one seed (its ``default`` stream):
+it seeds the shuffle and every stochastic node, whose root key is derived
+from the seed and the node's name (``datarax.core.prng.node_key``), so
+adding a node never changes another node's draws. An operator given its own
+``rngs`` keeps them (an explicit override); children of combining operators
+need none. In a linear pipeline a stage's key name is its operator's
+``name``, else its ``stream_name``; repeated names get ``#1``, ``#2``, ...
+in order. In a DAG it is the node's name.
 
-Iterating a pipeline again continues with the next epochs, like a PyTorch
-DataLoader: the pipeline counts the epochs its iterators have started
-(``next_epoch``), and each new iterator starts there and runs ``num_epochs``.
+**The stream.** ``pipeline.stream`` (a frozen ``StreamSpec``) is everything
+an iterator needs to know: records, batch size, drop_remainder, seed,
+fingerprint, how a cursor advances. Iterating a pipeline again continues
+with the next epochs, like a PyTorch DataLoader: the pipeline counts the
+epochs its iterators have started (``next_epoch``), each new iterator starts
+there and runs ``num_epochs``, and ``Pipeline.scan`` continues the same way.
 
 Example:
     >>> import numpy as np
@@ -37,50 +46,86 @@ Example:
 
 from __future__ import annotations
 
-import weakref
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from datarax.core.batcher import VALID_MASK, batched_spec, validate_batch_size
+from datarax.core.batch_form import VALID_MASK, batched_spec, validate_batch_size
 from datarax.core.config import DataraxModuleConfig
 from datarax.core.data_source import DataSourceModule
-from datarax.core.module import DataraxModule, IterationCount
+from datarax.core.module import DataraxModule
 from datarax.core.operator import OperatorModule
-from datarax.core.prng import seed_from_key, stream_root_key
+from datarax.core.prng import node_key, pipeline_seed
 from datarax.core.spec import spec_to_str
+from datarax.core.validation import boolean, non_negative_int, optional_positive_int
 from datarax.pipeline.dag import SOURCE, DagGraph, validate_dag
+from datarax.pipeline.fingerprint import crc32_text, describe_module
+from datarax.pipeline.iterator import PipelineIterator
+from datarax.pipeline.program import PROGRAMS, StepBinding, StepPlan, StepProgram, compute_batch, merge_inputs
+from datarax.pipeline.stream import StreamSpec
 from datarax.samplers import SequentialSampler, SequentialSamplerConfig, ShuffleSampler, ShuffleSamplerConfig
 
-SHUFFLE_STREAM = "shuffle"
 
-# Compiled step functions per pipeline. Kept outside the module: a jitted
-# function is not module state, and the graph definition it closes over
-# describes the module itself.
-_COMPILED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+def _linear_graph(stages: Any) -> tuple[dict[str, Any], DagGraph]:
+    if isinstance(stages, OperatorModule) or not isinstance(stages, Sequence):
+        raise TypeError(f"Pipeline: stages must be a sequence of operators, got {type(stages).__name__}")
+    nodes = {f"stage_{i}": op for i, op in enumerate(stages)}
+    names = list(nodes)
+    graph = validate_dag(names, list(zip([SOURCE, *names], names)), names[-1] if names else SOURCE)
+    return nodes, graph
 
 
-def _merge_inputs(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for part in parts:
-        merged.update(part)
-    return merged
+def _own_nodes(nodes: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Nodes with every operator object used twice replaced by a clone, and the cloned nodes."""
+    if not isinstance(nodes, Mapping):
+        raise TypeError(f"Pipeline: nodes must be a mapping of name to operator, got {type(nodes).__name__}")
+    seen: set[int] = set()
+    own, cloned = {}, []
+    for node, op in nodes.items():
+        if id(op) in seen and isinstance(op, OperatorModule):
+            op = op.clone()
+            cloned.append(node)
+        seen.add(id(op))
+        own[node] = op
+    return own, tuple(cloned)
+
+
+def _key_names(nodes: Mapping[str, OperatorModule], linear: bool) -> dict[str, str]:
+    """The name each stochastic node's key is derived from (see the module docstring)."""
+    if not linear:
+        return {node: node for node, op in nodes.items() if op.stochastic}
+    names: dict[str, str] = {}
+    used: dict[str, int] = {}
+    for node, op in nodes.items():
+        if op.stochastic:
+            base = op.name or op.stream_name
+            count = used.get(base, 0)
+            used[base] = count + 1
+            names[node] = base if count == 0 else f"{base}#{count}"
+    return names
 
 
 class Pipeline(DataraxModule):
     """A compiled data pipeline: source -> operators -> batches with ``valid_mask``.
 
+    Give either ``stages`` (a linear pipeline) or ``nodes``, ``edges`` and
+    ``sink`` (a DAG rooted at ``"source"``; see ``from_dag``).
+
     Args:
-        source: A ``DataSourceModule`` with ``len`` and ``get_records``.
+        source: A ``DataSourceModule`` with ``len`` and a traceable ``get_records``.
         stages: Operators applied in order (a linear pipeline).
+        nodes: For a DAG: mapping of node name to operator. An operator
+            object used by several nodes is cloned, so every branch has its
+            own state and its own draws.
+        edges: For a DAG: ``(from, to)`` pairs; ``"source"`` is the root.
+        sink: For a DAG: the node whose output is the batch.
         batch_size: Rows per batch.
-        rngs: Random number generators; the ``shuffle`` stream (or
-            ``default``) seeds the epoch order. Required when ``shuffle``.
+        rngs: The pipeline's one seed (its ``default`` stream). Required when
+            ``shuffle`` or when a stochastic node has no rngs of its own.
         shuffle: Visit records in a new Feistel permutation every epoch.
         drop_remainder: Drop each epoch's short last batch instead of padding it.
         num_epochs: Epochs each ``iter(pipeline)`` runs; None runs forever.
@@ -89,18 +134,22 @@ class Pipeline(DataraxModule):
         name: Optional module name.
 
     Raises:
-        TypeError: For a source, stage or rngs of the wrong type.
+        TypeError: For a source, stage or rngs of the wrong type, or a source
+            whose ``get_records`` cannot be traced.
         ValueError: For a bad batch size, epoch count or prefetch depth, a
-            shuffle without rngs, a ``drop_remainder`` pipeline that can never
-            fill a batch, or stages whose specs do not chain (the message
-            names the stage and the spec it was given).
+            missing seed, a ``drop_remainder`` pipeline that can never fill a
+            batch, an invalid graph, or stages whose specs do not chain (the
+            message names the stage and the spec it was given).
     """
 
     def __init__(
         self,
         *,
         source: DataSourceModule,
-        stages: Sequence[OperatorModule] = (),
+        stages: Sequence[OperatorModule] | None = None,
+        nodes: Mapping[str, OperatorModule] | None = None,
+        edges: Sequence[tuple[str, str]] | None = None,
+        sink: str | None = None,
         batch_size: int,
         rngs: nnx.Rngs | None = None,
         shuffle: bool = False,
@@ -108,33 +157,67 @@ class Pipeline(DataraxModule):
         num_epochs: int | None = 1,
         prefetch: int = 2,
         name: str | None = None,
-        _dag: tuple[Mapping[str, OperatorModule], DagGraph, tuple[str, ...]] | None = None,
     ):
-        salted: tuple[str, ...] = ()
-        if _dag is not None:  # from_dag: nodes, a validated graph, the nodes holding clones
-            nodes, graph, salted = _dag
+        dag_given = [arg for arg, value in (("nodes", nodes), ("edges", edges), ("sink", sink)) if value is not None]
+        if dag_given and stages is not None:
+            raise ValueError(f"Pipeline: give either stages or nodes/edges/sink, got stages and {dag_given}")
+        if dag_given and len(dag_given) != 3:
+            raise ValueError(f"Pipeline: a DAG needs nodes, edges and sink together, got only {dag_given}")
+        cloned: tuple[str, ...] = ()
+        if dag_given:
+            own, cloned = _own_nodes(nodes)
+            graph = validate_dag(list(own), edges, sink)
         else:
-            if isinstance(stages, OperatorModule) or not isinstance(stages, Sequence):
-                raise TypeError(f"Pipeline: stages must be a sequence of operators, got {type(stages).__name__}")
-            nodes = {f"stage_{i}": op for i, op in enumerate(stages)}
-            names = list(nodes)
-            edges = list(zip([SOURCE, *names], names))  # no stages: no edges
-            graph = validate_dag(names, edges, names[-1] if names else SOURCE)
-        self._build(
-            source=source,
-            nodes=dict(nodes),
-            graph=graph,
-            batch_size=batch_size,
-            rngs=rngs,
-            shuffle=shuffle,
-            drop_remainder=drop_remainder,
-            num_epochs=num_epochs,
-            prefetch=prefetch,
-            name=name,
+            own, graph = _linear_graph(() if stages is None else stages)
+        if not isinstance(source, DataSourceModule):
+            raise TypeError(f"Pipeline: source must be a DataSourceModule, got {type(source).__name__}")
+        for node, op in own.items():
+            if not isinstance(op, OperatorModule):
+                raise TypeError(f"Pipeline: stage {node!r} must be an OperatorModule, got {type(op).__name__}")
+        batch_size = validate_batch_size(batch_size, "Pipeline")
+        shuffle = boolean("Pipeline", "shuffle", shuffle)
+        drop_remainder = boolean("Pipeline", "drop_remainder", drop_remainder)
+        num_epochs = optional_positive_int("Pipeline", "num_epochs", num_epochs)
+        prefetch = non_negative_int("Pipeline", "prefetch", prefetch)
+        if rngs is not None and not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"Pipeline: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}")
+        num_records = _record_count(source, batch_size, drop_remainder)
+        key_names = {
+            node: key for node, key in _key_names(own, linear=not dag_given).items() if not own[node].has_own_rngs
+        }
+        seed = _seed(rngs, shuffle, key_names)
+
+        super().__init__(DataraxModuleConfig(), name=name)
+        self.source = source
+        self.nodes = nnx.Dict(own)
+        self.graph = graph
+        self.num_epochs = num_epochs
+        self.prefetch = prefetch
+        self.sampler = (
+            ShuffleSampler(ShuffleSamplerConfig(seed=seed)) if shuffle else SequentialSampler(SequentialSamplerConfig())
         )
-        # A cloned operator has its original's stream key; folding the node's
-        # name into its record keys gives each branch its own draws.
-        self.key_salts = tuple((n, zlib.crc32(n.encode())) for n in salted)
+        self.plan = StepPlan(
+            graph=graph,
+            num_records=num_records,
+            batch_size=batch_size,
+            node_keys=tuple(
+                (node, tuple(int(w) for w in np.asarray(jax.random.key_data(node_key(seed, key)))))
+                for node, key in key_names.items()
+            ),
+            own_key_salts=tuple((n, zlib.crc32(n.encode())) for n in cloned if own[n].has_own_rngs),
+        )
+        self._check_specs()
+        self.stream = StreamSpec(
+            num_records=num_records,
+            batch_size=batch_size,
+            drop_remainder=drop_remainder,
+            shuffle=shuffle,
+            seed=seed,
+            fingerprint=self.fingerprint(),
+        )
+        self.next_epoch = nnx.Variable(0)
+        self._program: StepProgram | None = None
+        self._scan_iterator: PipelineIterator | None = None
 
     @classmethod
     def from_dag(
@@ -144,41 +227,25 @@ class Pipeline(DataraxModule):
         nodes: Mapping[str, OperatorModule],
         edges: Sequence[tuple[str, str]],
         sink: str,
-        batch_size: int,
-        rngs: nnx.Rngs | None = None,
-        shuffle: bool = False,
-        drop_remainder: bool = False,
-        num_epochs: int | None = 1,
-        prefetch: int = 2,
-        name: str | None = None,
+        **kwargs: Any,
     ) -> Pipeline:
         """Builds a pipeline from a DAG of operators rooted at ``"source"``.
 
         A node with several inputs receives the union of their output dicts
         (a key produced by two inputs must have one spec; the input listed
-        later in ``edges`` wins). An operator object used by several nodes is
-        cloned, so every branch has its own state. The graph (names, edges,
-        cycles, sink reachability) and every node's specs are checked here.
+        later in ``edges`` wins). The graph (names, edges, cycles, sink
+        reachability) and every node's specs are checked here. The same as
+        ``Pipeline(source=..., nodes=..., edges=..., sink=..., ...)``.
 
         Args:
             source: The data source.
             nodes: Mapping of node name to operator.
             edges: ``(from, to)`` pairs; ``"source"`` is the root.
             sink: The node whose output is the batch.
-            batch_size: Rows per batch.
-            rngs: As for ``Pipeline``.
-            shuffle: As for ``Pipeline``.
-            drop_remainder: As for ``Pipeline``.
-            num_epochs: As for ``Pipeline``.
-            prefetch: As for ``Pipeline``.
-            name: Optional module name.
+            **kwargs: ``batch_size`` and the other ``Pipeline`` arguments.
 
         Returns:
             The pipeline.
-
-        Raises:
-            TypeError: If ``nodes`` is not a mapping of operators.
-            ValueError: For an invalid graph or mismatched specs.
 
         Example:
             >>> import numpy as np
@@ -191,133 +258,75 @@ class Pipeline(DataraxModule):
             >>> next(iter(p))["y"].tolist()
             [0.0, 2.0, 4.0, 6.0]
         """
-        if not isinstance(nodes, Mapping):
-            raise TypeError(f"from_dag: nodes must be a mapping of name to operator, got {type(nodes).__name__}")
-        graph = validate_dag(list(nodes), edges, sink)
-        seen: set[int] = set()
-        own_nodes = {}
-        cloned = []
-        for node_name, op in nodes.items():
-            if id(op) in seen and isinstance(op, OperatorModule):
-                op = op.clone()
-                cloned.append(node_name)
-            seen.add(id(op))
-            own_nodes[node_name] = op
-        return cls(
-            source=source,
-            batch_size=batch_size,
-            rngs=rngs,
-            shuffle=shuffle,
-            drop_remainder=drop_remainder,
-            num_epochs=num_epochs,
-            prefetch=prefetch,
-            name=name,
-            _dag=(own_nodes, graph, tuple(cloned)),
-        )
-
-    def _build(
-        self,
-        *,
-        source: DataSourceModule,
-        nodes: dict[str, OperatorModule],
-        graph: DagGraph,
-        batch_size: int,
-        rngs: nnx.Rngs | None,
-        shuffle: bool,
-        drop_remainder: bool,
-        num_epochs: int | None,
-        prefetch: int,
-        name: str | None,
-    ) -> None:
-        if not isinstance(source, DataSourceModule):
-            raise TypeError(f"Pipeline: source must be a DataSourceModule, got {type(source).__name__}")
-        for node_name, op in nodes.items():
-            if not isinstance(op, OperatorModule):
-                raise TypeError(f"Pipeline: stage {node_name!r} must be an OperatorModule, got {type(op).__name__}")
-        batch_size = validate_batch_size(batch_size)
-        for flag_name, flag in (("shuffle", shuffle), ("drop_remainder", drop_remainder)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"Pipeline: {flag_name} must be a bool, got {flag!r}")
-        if num_epochs is not None and (
-            isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs <= 0
-        ):
-            raise ValueError(f"Pipeline: num_epochs must be a positive int or None, got {num_epochs!r}")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"Pipeline: prefetch must be a non-negative int, got {prefetch!r}")
-        try:
-            num_records = len(source)
-        except TypeError as error:
-            raise TypeError(f"Pipeline: source {type(source).__name__} must define __len__") from error
-        if num_records <= 0:
-            raise ValueError(f"Pipeline: source has {num_records} records; expected at least one")
-        if drop_remainder and num_records < batch_size:
-            raise ValueError(
-                f"Pipeline: drop_remainder=True with batch_size={batch_size} but the source has only "
-                f"{num_records} records, so no batch would ever be produced"
-            )
-        if shuffle and rngs is None:
-            raise ValueError("Pipeline: shuffle=True needs rngs (the 'shuffle' or 'default' stream seeds it)")
-
-        super().__init__(DataraxModuleConfig(), rngs=rngs, name=name)
-        self.source = source
-        self.nodes = nnx.Dict(nodes)
-        self.graph = graph
-        self.batch_size = batch_size
-        self.num_records = num_records
-        self.shuffle = shuffle
-        self.drop_remainder = drop_remainder
-        self.num_epochs = num_epochs
-        self.prefetch = prefetch
-        self.seed = seed_from_key(stream_root_key(rngs, SHUFFLE_STREAM)) if shuffle else 0
-        self.sampler = (
-            ShuffleSampler(ShuffleSamplerConfig(seed=self.seed))
-            if shuffle
-            else SequentialSampler(SequentialSamplerConfig())
-        )
-        self.next_epoch = nnx.Variable(0)
-        self._check_specs()
+        if nodes is None or edges is None or sink is None:
+            raise ValueError("from_dag: nodes, edges and sink are required")
+        return cls(source=source, nodes=nodes, edges=edges, sink=sink, **kwargs)
 
     # -- construction-time checks ---------------------------------------------
 
     def _check_specs(self) -> dict[str, Any]:
         specs = {SOURCE: self.source.element_spec()}
-        for node_name in self.graph.order:
-            parts = [specs[p] for p in self.graph.inputs[node_name]]
+        for node in self.graph.order:
+            parts = [specs[p] for p in self.graph.inputs[node]]
             for key in set().union(*map(set, parts)):
                 seen = {spec_to_str(p[key]) for p in parts if key in p}
                 if len(seen) > 1:
                     raise ValueError(
-                        f"Pipeline: node {node_name!r} receives key {key!r} with different specs {sorted(seen)}"
+                        f"Pipeline: node {node!r} receives key {key!r} with different specs {sorted(seen)}"
                     )
-            spec_in = _merge_inputs(parts)
-            op = self.nodes[node_name]
+            spec_in = merge_inputs(parts)
+            op = self.nodes[node]
             try:
                 spec_out = op.output_spec(spec_in)
             except Exception as error:  # noqa: BLE001 - re-raised with context
                 raise ValueError(
-                    f"Pipeline: stage {node_name!r} ({type(op).__name__}) cannot take the element "
+                    f"Pipeline: stage {node!r} ({type(op).__name__}) cannot take the element "
                     f"{spec_to_str(spec_in)}: {type(error).__name__}: {error}"
                 ) from error
             if not isinstance(spec_out, Mapping):
                 raise ValueError(
-                    f"Pipeline: stage {node_name!r} ({type(op).__name__}) must return a dict element, "
+                    f"Pipeline: stage {node!r} ({type(op).__name__}) must return a dict element, "
                     f"got {spec_to_str(spec_out)}"
                 )
             if VALID_MASK in spec_out:
-                raise ValueError(f"Pipeline: stage {node_name!r} outputs the reserved key {VALID_MASK!r}")
-            specs[node_name] = dict(spec_out)
+                raise ValueError(f"Pipeline: stage {node!r} outputs the reserved key {VALID_MASK!r}")
+            specs[node] = dict(spec_out)
         return specs
 
     # -- shape of the stream --------------------------------------------------
 
     @property
+    def batch_size(self) -> int:
+        """Rows per batch."""
+        return self.plan.batch_size
+
+    @property
+    def num_records(self) -> int:
+        """Records per epoch."""
+        return self.plan.num_records
+
+    @property
+    def shuffle(self) -> bool:
+        """Whether each epoch is a fresh permutation."""
+        return self.stream.shuffle
+
+    @property
+    def drop_remainder(self) -> bool:
+        """Whether each epoch's short last batch is dropped."""
+        return self.stream.drop_remainder
+
+    @property
+    def seed(self) -> int:
+        """The pipeline's one 32-bit seed."""
+        return self.stream.seed
+
+    @property
     def batches_per_epoch(self) -> int:
         """Batches in one epoch (the short last one counted unless dropped)."""
-        full, rest = divmod(self.num_records, self.batch_size)
-        return full + (1 if rest and not self.drop_remainder else 0)
+        return self.stream.batches_per_epoch
 
     def __len__(self) -> int:
-        return self.batches_per_epoch
+        return self.stream.batches_per_epoch
 
     def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The spec of one output element (the sink's output)."""
@@ -328,20 +337,29 @@ class Pipeline(DataraxModule):
         return batched_spec(self.element_spec(), batch_size=self.batch_size)
 
     def fingerprint(self) -> int:
-        """A 32-bit digest of what determines the stream, stored in iterator states."""
+        """A 32-bit digest of what determines the stream, stored in iterator states.
+
+        It covers the source's class and element spec (the record count is
+        a field of the state of its own), the graph, every operator's class and static configuration (functions
+        included), and the keys of operators with their own rngs; see
+        ``datarax.pipeline.fingerprint`` for exactly what is and is not covered.
+        """
         parts = [
-            type(self.source).__name__,
+            type(self.source).__qualname__,
             spec_to_str(self.source.element_spec()),
             str(self.graph),
-            str(self.key_salts),
-            *(f"{n}:{type(op).__name__}:{op.stream_name}" for n, op in self.nodes.items()),
+            str(self.plan.own_key_salts),
         ]
-        for op in self.nodes.values():
-            if op.stochastic:
+        for node, op in self.nodes.items():
+            parts.append(f"{node}={describe_module(op)}")
+            if op.has_own_rngs:
                 parts.append(str(np.asarray(jax.random.key_data(op.root_key())).tolist()))
-        return zlib.crc32("|".join(parts).encode())
+        return crc32_text(parts)
 
     # -- the compiled step ----------------------------------------------------
+
+    def _parts(self) -> tuple[Any, Any, Any]:
+        return (self.source, self.sampler, self.nodes)
 
     def compute_batch(self, epoch: Any, start: Any) -> dict[str, jax.Array]:
         """Computes the batch whose first row is epoch position ``start`` (traceable).
@@ -353,52 +371,49 @@ class Pipeline(DataraxModule):
         Returns:
             The batch dict with ``valid_mask``.
         """
-        positions = jnp.asarray(start, dtype=jnp.int32) + jnp.arange(self.batch_size, dtype=jnp.int32)
-        valid = positions < self.num_records
-        positions = jnp.minimum(positions, self.num_records - 1)
-        records = self.sampler.indices_at(positions, self.num_records, epoch)
-        values = {SOURCE: self.source.get_records(records)}
-        salts = dict(self.key_salts)
-        for node_name in self.graph.order:
-            op = self.nodes[node_name]
-            inputs = _merge_inputs([values[p] for p in self.graph.inputs[node_name]])
-            keys = op.record_keys(epoch, records)
-            if keys is not None and node_name in salts:
-                keys = jax.vmap(lambda k, salt=salts[node_name]: jax.random.fold_in(k, salt))(keys)
-            values[node_name] = op.apply_batch(inputs, keys)
-        return {**values[self.graph.sink], VALID_MASK: valid}
+        return compute_batch(self.plan, self.source, self.sampler, self.nodes, epoch, start)
 
-    def compiled_step(self) -> tuple[Callable[[Any, Any, Any], dict[str, jax.Array]], Any]:
-        """The jitted ``step(state, epoch, start) -> batch`` and the state to call it with.
-
-        The pipeline is split once. Operation counters and rng counts, which
-        the step never reads, are frozen into the program; everything else
-        (records, parameters, rng keys) is the live ``nnx.State`` passed on
-        every call, so in-place parameter updates are seen. Keeping the
-        frozen part out of the call matters for speed: each argument leaf
-        costs a few microseconds of dispatch, which would otherwise grow with
-        the number of operators.
-
-        Returns:
-            ``(step, state)``.
-        """
-        entry = _COMPILED.get(self)
-        if entry is None:
-            graphdef, frozen, live = nnx.split(self, nnx.Any(IterationCount, nnx.RngCount), ...)
-
-            def step(live, epoch, start):
-                return nnx.merge(graphdef, frozen, live).compute_batch(epoch, start)
-
-            entry = (jax.jit(step), live)
-            _COMPILED[self] = entry
-        return entry
+    @property
+    def program(self) -> StepProgram:
+        """The compiled step this pipeline runs (shared with identically built pipelines)."""
+        if self._program is None:
+            graphdef, _ = nnx.split(self._parts())
+            self._program = PROGRAMS.get(graphdef, self.plan)
+        return self._program
 
     # -- iteration ------------------------------------------------------------
 
-    def __iter__(self):
-        from datarax.pipeline.iterator import PipelineIterator
+    def _epoch_started(self, epoch: int) -> None:
+        if int(self.next_epoch.get_value()) <= epoch:
+            self.next_epoch.set_value(epoch + 1)
 
-        return PipelineIterator(self)
+    def _epoch_restored(self, epoch: int, started: bool) -> None:
+        if started:
+            self._epoch_started(epoch)
+        elif int(self.next_epoch.get_value()) < epoch:
+            self.next_epoch.set_value(epoch)
+
+    def __iter__(self) -> PipelineIterator:
+        return PipelineIterator(
+            stream=self.stream,
+            binding=StepBinding(self._parts(), self.program),
+            first_epoch=int(self.next_epoch.get_value()),
+            num_epochs=self.num_epochs,
+            prefetch=self.prefetch,
+            on_epoch=self._epoch_started,
+            on_restore=self._epoch_restored,
+        )
+
+    @property
+    def scan_iterator(self) -> PipelineIterator:
+        """The iterator ``Pipeline.scan`` continues (checkpoint it like any other).
+
+        A fresh one (``iter(self)``) replaces it once it has no batch left, so
+        consecutive ``scan`` calls walk the epochs as consecutive ``for`` loops do.
+        """
+        if self._scan_iterator is None or self._scan_iterator.exhausted:
+            self._scan_iterator = iter(self)
+        return self._scan_iterator
 
     def scan(
         self,
@@ -406,21 +421,43 @@ class Pipeline(DataraxModule):
         *,
         length: int,
         modules: Sequence[nnx.Module] = (),
-        iterator: Any | None = None,
+        iterator: PipelineIterator | None = None,
     ) -> Any:
-        """Runs ``length`` steps of data + ``step_fn`` as one ``nnx.scan`` (see ``PipelineIterator.scan``).
+        """Runs ``length`` steps of data + ``step_fn`` as one scan (see ``PipelineIterator.scan``).
 
-        Without ``iterator`` the pipeline's own scan iterator is used (created
-        on first call), so consecutive calls continue the stream.
+        Without ``iterator``, ``scan_iterator`` is used, so consecutive calls
+        continue the stream into the next epochs.
         """
-        if iterator is None:
-            iterator = _SCAN_ITERATORS.get(self)
-            if iterator is None:
-                iterator = iter(self)
-                _SCAN_ITERATORS[self] = iterator
-        return iterator.scan(step_fn, length=length, modules=modules)
+        return (iterator or self.scan_iterator).scan(step_fn, length=length, modules=modules)
 
 
-_SCAN_ITERATORS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+def _record_count(source: DataSourceModule, batch_size: int, drop_remainder: bool) -> int:
+    try:
+        num_records = len(source)
+    except TypeError as error:
+        raise TypeError(f"Pipeline: source {type(source).__name__} must define __len__") from error
+    if num_records <= 0:
+        raise ValueError(f"Pipeline: source has {num_records} records; expected at least one")
+    if drop_remainder and num_records < batch_size:
+        raise ValueError(
+            f"Pipeline: drop_remainder=True with batch_size={batch_size} but the source has only "
+            f"{num_records} records, so no batch would ever be produced"
+        )
+    return num_records
 
-__all__ = ["SHUFFLE_STREAM", "Pipeline"]
+
+def _seed(rngs: nnx.Rngs | None, shuffle: bool, key_names: Mapping[str, str]) -> int:
+    if rngs is not None:
+        return pipeline_seed(rngs)
+    if shuffle:
+        raise ValueError("Pipeline: shuffle=True needs rngs, the pipeline's seed (e.g. rngs=nnx.Rngs(0))")
+    if key_names:
+        node = next(iter(key_names))
+        raise ValueError(
+            f"Pipeline: stage {node!r} is stochastic and has no rngs of its own, so it draws from the "
+            "pipeline seed: pass rngs=nnx.Rngs(seed) to the Pipeline"
+        )
+    return 0
+
+
+__all__ = ["Pipeline"]

@@ -23,22 +23,49 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 
+from datarax.core.validation import positive_int
 from datarax.typing import Checkpointable
 
 _END = object()
+_OWNER = "prefetch_to_device"
+
+
+def _checked_iterator(iterator: Any) -> Iterator[Any]:
+    if isinstance(iterator, Iterator):
+        return iterator
+    # A dict is iterable (over its keys) but is far more likely one batch passed by mistake.
+    if isinstance(iterator, Iterable) and not isinstance(iterator, str | bytes | Mapping):
+        return iter(iterator)
+    raise TypeError(
+        f"{_OWNER}: iterator must be an iterator or iterable of batches (e.g. iter(pipeline)), "
+        f"got {type(iterator).__name__} {iterator!r:.80}"
+    )
+
+
+def _checked_sharding(sharding: Any) -> Any:
+    placements = jax.sharding.Sharding | jax.Device
+    leaves = jax.tree.leaves(sharding, is_leaf=lambda x: isinstance(x, placements))
+    if sharding is not None and (not leaves or not all(isinstance(x, placements) for x in leaves)):
+        raise TypeError(
+            f"{_OWNER}: sharding must be None, a jax.sharding.Sharding, a jax.Device or a pytree of them "
+            f"matching the batch, got {type(sharding).__name__} {sharding!r:.80}"
+        )
+    return sharding
 
 
 class PrefetchIterator:
     """Background prefetching wrapper (see ``prefetch_to_device``)."""
 
-    def __init__(self, iterator: Iterator[Any], size: int, sharding: Any | None):
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ValueError(f"prefetch_to_device: size must be a positive int, got {size!r}")
+    def __init__(self, iterator: Iterator[Any] | Iterable[Any], size: int, sharding: Any | None):
+        # Every argument is checked before the iterator is touched, so a refused call consumes nothing.
+        size = positive_int(_OWNER, "size", size)
+        sharding = _checked_sharding(sharding)
+        iterator = _checked_iterator(iterator)
         self._inner = iterator
         self._size = size
         self._sharding = sharding
@@ -127,18 +154,25 @@ class PrefetchIterator:
             self._start()
 
 
-def prefetch_to_device(iterator: Iterator[Any], size: int = 2, sharding: Any | None = None) -> PrefetchIterator:
+def prefetch_to_device(
+    iterator: Iterator[Any] | Iterable[Any], size: int = 2, sharding: Any | None = None
+) -> PrefetchIterator:
     """Wraps ``iterator`` in a bounded background queue that places batches on device.
 
     Args:
-        iterator: Any iterator of pytrees; if ``Checkpointable``, so is the result.
-        size: Maximum number of batches held ready.
-        sharding: Optional ``jax.sharding.Sharding`` for ``jax.device_put``.
+        iterator: Any iterator of pytrees (an iterable, such as a ``Pipeline``,
+            is iterated with ``iter``); if ``Checkpointable``, so is the result.
+        size: Maximum number of batches held ready (a positive int).
+        sharding: Where ``jax.device_put`` places each batch: None (the
+            default device), a ``jax.sharding.Sharding``, a ``jax.Device``, or
+            a pytree of them matching the batch.
 
     Returns:
         A ``PrefetchIterator``.
 
     Raises:
+        TypeError: If ``iterator`` is not an iterator or iterable (a dict, a
+            str or a number is refused), or ``sharding`` is not a placement.
         ValueError: If ``size`` is not a positive int.
     """
     return PrefetchIterator(iterator, size, sharding)
