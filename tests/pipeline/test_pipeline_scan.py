@@ -1,6 +1,7 @@
 """``Pipeline.scan``: data and a user step as one ``nnx.scan``, continuing the pipeline's stream."""
 
 import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
