@@ -77,13 +77,7 @@ CHEAP_OPS = {"image": _cheap_image, "label": _cheap_label}
 def build_pipeline(data, batch_size: int, *, flip: bool, chain: int = 0, target: str = "image") -> Pipeline:
     stages = [ElementOperator(ElementOperatorConfig(), fn=_normalize)]
     if flip:
-        stages.append(
-            ElementOperator(
-                ElementOperatorConfig(stochastic=True, stream_name="augment"),
-                fn=_flip,
-                rngs=nnx.Rngs(augment=1),
-            )
-        )
+        stages.append(ElementOperator(ElementOperatorConfig(stochastic=True, stream_name="augment"), fn=_flip))
     stages += [ElementOperator(ElementOperatorConfig(), fn=CHEAP_OPS[target]) for _ in range(chain)]
     source = MemorySource(MemorySourceConfig(), data=data)
     return Pipeline(

@@ -1,8 +1,24 @@
-"""The pipeline engine: Pipeline (linear and DAG), its iterator, scan and prefetch."""
+"""The pipeline engine: Pipeline (linear and DAG), its stream and iterator, the compiled step, scan and prefetch."""
 
+from datarax.pipeline.compilation_cache import disable_compilation_cache, enable_compilation_cache
 from datarax.pipeline.dag import DagGraph, validate_dag
 from datarax.pipeline.iterator import PipelineIterator
 from datarax.pipeline.pipeline import Pipeline
 from datarax.pipeline.prefetch import prefetch_to_device
+from datarax.pipeline.program import PROGRAMS, ProgramCache, StepPlan, StepProgram
+from datarax.pipeline.stream import StreamSpec
 
-__all__ = ["DagGraph", "Pipeline", "PipelineIterator", "prefetch_to_device", "validate_dag"]
+__all__ = [
+    "PROGRAMS",
+    "DagGraph",
+    "Pipeline",
+    "PipelineIterator",
+    "ProgramCache",
+    "StepPlan",
+    "StepProgram",
+    "StreamSpec",
+    "disable_compilation_cache",
+    "enable_compilation_cache",
+    "prefetch_to_device",
+    "validate_dag",
+]
