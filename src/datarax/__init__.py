@@ -17,8 +17,8 @@ _EXPORTS = {
     "Batch": "datarax.core.element_batch",
     "DataraxModule": "datarax.core.module",
     "DataraxModuleConfig": "datarax.core.config",
-    "DefaultBatcher": "datarax.batching.default",
-    "DefaultBatcherConfig": "datarax.batching.default",
+    "DefaultBatcher": "datarax.batching.default_batcher",
+    "DefaultBatcherConfig": "datarax.batching.default_batcher",
     "Element": "datarax.core.element_batch",
     "ElementOperator": "datarax.operators.element",
     "ElementOperatorConfig": "datarax.operators.element",
@@ -33,7 +33,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - static analysis only
-    from datarax.batching.default import DefaultBatcher, DefaultBatcherConfig
+    from datarax.batching.default_batcher import DefaultBatcher, DefaultBatcherConfig
     from datarax.checkpoint.handler import OrbaxCheckpointHandler
     from datarax.core.config import DataraxModuleConfig, OperatorConfig, StructuralConfig
     from datarax.core.element_batch import Batch, Element

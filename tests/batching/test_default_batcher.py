@@ -1,4 +1,4 @@
-"""Tests for datarax.batching.default.DefaultBatcher."""
+"""Tests for datarax.batching.default_batcher.DefaultBatcher."""
 
 import doctest
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import datarax.batching.default as default_module
+import datarax.batching.default_batcher as default_module
 from datarax.batching import DefaultBatcher, DefaultBatcherConfig
 from datarax.core.batcher import VALID_MASK
-from datarax.core.element_batch import Element
+from datarax.core.element_batch import Batch, Element
 from datarax.core.spec import conforms, spec_mismatches, spec_of
 
 BATCHER = DefaultBatcher(DefaultBatcherConfig())
@@ -212,7 +212,7 @@ def test_bad_batch_size_raises_at_call_time(bad):
 
 
 def test_bad_drop_remainder_raises_at_call_time():
-    with pytest.raises(ValueError, match="drop_remainder"):
+    with pytest.raises(ValueError, match="DefaultBatcher: drop_remainder must be a bool, got 'yes'"):
         BATCHER([], batch_size=2, drop_remainder="yes")
 
 
@@ -225,7 +225,11 @@ def _expect_error(elements, error, *fragments, batch_size=2):
 
 def test_mismatched_shape_names_element_index():
     elements = [{"x": np.zeros(3, np.float32)}] * 5 + [{"x": np.zeros(4, np.float32)}]
-    _expect_error(elements, ValueError, "element 5")
+    _expect_error(
+        elements,
+        ValueError,
+        "DefaultBatcher: element 5 differs from element 4: ['x']: expected float32[3], got float32[4]",
+    )
 
 
 def test_mismatched_dtype_names_element_index():
@@ -287,3 +291,79 @@ def test_doctests():
     result = doctest.testmod(default_module)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# --- collate_fn ----------------------------------------------------------------------------------
+
+
+def _recording_collate(calls):
+    def collate(elements):
+        calls.append(list(elements))
+        return {"n": len(elements), "first": elements[0]}
+
+    return collate
+
+
+@pytest.mark.parametrize("n, batch_size", [(7, 3), (6, 3), (2, 5), (1, 1)])
+def test_collate_fn_gets_each_group_as_given_and_its_result_is_the_batch(n, batch_size):
+    calls = []
+    elements = [object() for _ in range(n)]  # anything: a custom collate owns the batch form
+    batcher = DefaultBatcher(DefaultBatcherConfig(), collate_fn=_recording_collate(calls))
+    batches = list(batcher(elements, batch_size=batch_size))
+    expected_groups = [elements[i : i + batch_size] for i in range(0, n, batch_size)]
+    assert calls == expected_groups  # the short last group is passed as is, not padded
+    assert all(all(a is b for a, b in zip(c, g)) for c, g in zip(calls, expected_groups))
+    assert batches == [{"n": len(g), "first": g[0]} for g in expected_groups]  # unchanged, no valid_mask
+
+
+def test_collate_fn_with_drop_remainder_skips_the_short_group():
+    calls = []
+    batcher = DefaultBatcher(DefaultBatcherConfig(), _recording_collate(calls))  # collate_fn is positional too
+    batches = list(batcher(range(7), batch_size=3, drop_remainder=True))
+    assert calls == [[0, 1, 2], [3, 4, 5]]
+    assert [b["n"] for b in batches] == [3, 3]
+    assert list(batcher(range(2), batch_size=3, drop_remainder=True)) == []
+
+
+def test_collate_fn_receives_element_objects_unchanged():
+    elements = [Element({"x": np.float32(i)}, metadata={"i": np.int32(i)}) for i in range(3)]
+    batcher = DefaultBatcher(DefaultBatcherConfig(), collate_fn=lambda es: Batch(list(es)))
+    (batch,) = batcher(elements, batch_size=4)
+    assert isinstance(batch, Batch) and batch.batch_size == 3
+    assert batch.metadata["i"].tolist() == [0, 1, 2]
+
+
+def test_collate_fn_reads_lazily():
+    consumed = []
+
+    def generate():
+        for i in range(5):
+            consumed.append(i)
+            yield i
+
+    batches = DefaultBatcher(DefaultBatcherConfig(), collate_fn=sum)(generate(), batch_size=2)
+    assert consumed == []
+    assert next(batches) == 1 and consumed == [0, 1]
+    assert list(batches) == [5, 4]
+
+
+@pytest.mark.parametrize("bad", ["stack", 3, [len]])
+def test_non_callable_collate_fn_is_type_error_at_construction(bad):
+    with pytest.raises(TypeError, match=r"DefaultBatcher: collate_fn must be a callable or None, got"):
+        DefaultBatcher(DefaultBatcherConfig(), collate_fn=bad)
+
+
+def test_collate_fn_batcher_still_validates_call_arguments():
+    batcher = DefaultBatcher(DefaultBatcherConfig(), collate_fn=list)
+    with pytest.raises(ValueError, match="DefaultBatcher: batch_size must be a positive int, got 0"):
+        batcher([1, 2], batch_size=0)
+    with pytest.raises(ValueError, match="drop_remainder"):
+        batcher([1, 2], batch_size=1, drop_remainder=None)
+
+
+def test_copy_and_clone_keep_collate_fn():
+    batcher = DefaultBatcher(DefaultBatcherConfig(), collate_fn=list, name="b")
+    for other in (batcher.copy(name="c"), batcher.clone()):
+        assert other.collate_fn is list
+        assert list(other(range(3), batch_size=2)) == [[0, 1], [2]]
+    assert BATCHER.collate_fn is None and BATCHER.copy().collate_fn is None

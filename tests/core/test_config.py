@@ -14,6 +14,7 @@ import pytest
 import datarax.core.config as config_module
 from datarax.core.config import (
     DataraxModuleConfig,
+    FrozenInstanceError,
     FrozenStats,
     OperatorConfig,
     StructuralConfig,
@@ -88,6 +89,25 @@ def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.precomputed_stats = {}  # type: ignore[misc]
     assert config.cacheable is False
+
+
+@pytest.mark.parametrize("cls", [DataraxModuleConfig, StructuralConfig, OperatorConfig])
+def test_frozen_instance_error_is_what_assignment_raises(cls):
+    assert FrozenInstanceError is dataclasses.FrozenInstanceError
+    assert issubclass(FrozenInstanceError, AttributeError)
+    config = cls()
+    with pytest.raises(FrozenInstanceError, match="cacheable"):
+        config.cacheable = True  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        del config.cacheable  # type: ignore[misc]
+    assert config.cacheable is False
+    assert "FrozenInstanceError" in config_module.__all__
+
+
+def test_numpy_bools_are_accepted_and_stored_as_python_bools():
+    config = StructuralConfig(cacheable=np.bool_(True), stochastic=np.bool_(True), stream_name="s")
+    assert config.cacheable is True and config.stochastic is True
+    assert hash(config) == hash(StructuralConfig(cacheable=True, stochastic=True, stream_name="s"))
 
 
 def test_precomputed_stats_is_read_only_and_detached():

@@ -11,7 +11,8 @@ import pytest
 
 import datarax.core.element_batch as element_batch_module
 import datarax.core.spec as spec_module
-from datarax.core.element_batch import VALID_MASK_KEY, Batch, Element
+from datarax.core.batch_form import VALID_MASK
+from datarax.core.element_batch import Batch, Element
 
 
 def _element(i, **extra):
@@ -226,7 +227,7 @@ def test_from_elements_stacks_metadata():
 
 @pytest.mark.parametrize("batch_size", [1, 0, -1, 2.5, True])
 def test_from_elements_rejects_bad_batch_size(batch_size):
-    expected = r"batch_size must be an integer >= len\(elements\) = 2, got "
+    expected = r"Batch.from_elements: batch_size must be an int >= len\(elements\) = 2, got "
     expected += re.escape(str(batch_size))
     with pytest.raises(ValueError, match=expected):
         Batch.from_elements([_element(0), _element(1)], batch_size=batch_size)
@@ -245,22 +246,22 @@ def test_from_elements_names_first_mismatching_element_and_key():
         _element(2).update_data({"y": np.float32(2)}),
         _element(3).update_data({"x": np.zeros(1)}),
     ]
-    expected = r"element 2 differs from element 0 in data: \['y'\]: expected int32\[\], got float32\[\]"
+    expected = r"element 2 differs from element 0: \.data\['y'\]: expected int32\[\], got float32\[\]"
     with pytest.raises(ValueError, match=expected):
         Batch.from_elements(bad_dtype)
     expected = (
-        r"element 1 differs from element 0 in data: "
-        r"\['x'\]: expected float32\[2,3\], got float32\[4\]"
+        r"element 1 differs from element 0: "
+        r"\.data\['x'\]: expected float32\[2,3\], got float32\[4\]"
     )
     with pytest.raises(ValueError, match=expected):
         Batch.from_elements([good[0], _element(1).update_data({"x": np.zeros(4, np.float32)})])
-    with pytest.raises(ValueError, match=r"element 1 .* in data: \['z'\]: unexpected"):
+    with pytest.raises(ValueError, match=r"element 1 .*: \.data\['z'\]: unexpected"):
         Batch.from_elements([good[0], _element(1, z=np.zeros(1))])
-    with pytest.raises(ValueError, match=r"element 1 .* in data: \['z'\]: missing"):
+    with pytest.raises(ValueError, match=r"element 1 .*: \.data\['z'\]: missing"):
         Batch.from_elements([_element(0, z=np.zeros(1)), good[1]])
-    with pytest.raises(ValueError, match=r"element 1 .* in state: \['count'\]"):
+    with pytest.raises(ValueError, match=r"element 1 .*: \.state\['count'\]"):
         Batch.from_elements([good[0], good[1].update_state({"count": np.float32(0)})])
-    with pytest.raises(ValueError, match=r"element 1 .* in metadata"):
+    with pytest.raises(ValueError, match=r"element 1 .*: \.metadata\['i'\]: unexpected"):
         Batch.from_elements([good[0], good[1].replace(metadata={"i": np.int32(1)})])
 
 
@@ -270,22 +271,22 @@ def test_from_elements_names_first_mismatching_element_and_key():
 def test_to_dict_is_the_plain_form_without_copies():
     b = Batch.from_elements([_element(i) for i in range(2)], batch_size=4)
     d = b.to_dict()
-    assert set(d) == {"x", "y", VALID_MASK_KEY}
-    assert d["x"] is b.data["x"] and d["y"] is b.data["y"] and d[VALID_MASK_KEY] is b.valid_mask
-    assert d[VALID_MASK_KEY].tolist() == [True, True, False, False]
+    assert set(d) == {"x", "y", VALID_MASK}
+    assert d["x"] is b.data["x"] and d["y"] is b.data["y"] and d[VALID_MASK] is b.valid_mask
+    assert d[VALID_MASK].tolist() == [True, True, False, False]
 
 
 def test_from_dict_wraps_the_same_arrays():
     x, mask = np.zeros((3, 2)), np.array([True, True, False])
-    d = {"x": x, VALID_MASK_KEY: mask}
+    d = {"x": x, VALID_MASK: mask}
     b = Batch.from_dict(d)
-    assert b.data["x"] is x and b.valid_mask is mask and VALID_MASK_KEY not in b.data
+    assert b.data["x"] is x and b.valid_mask is mask and VALID_MASK not in b.data
     back = b.to_dict()
     assert set(back) == set(d) and all(back[k] is d[k] for k in d)
 
 
 def test_from_dict_round_trip_with_jax_arrays_and_extras():
-    d = {"x": jnp.ones((2, 2)), VALID_MASK_KEY: jnp.array([True, False])}
+    d = {"x": jnp.ones((2, 2)), VALID_MASK: jnp.array([True, False])}
     b = Batch.from_dict(d, states={"n": jnp.zeros(2)}, metadata={"i": jnp.arange(2)})
     assert b.states["n"].shape == (2,) and b.metadata["i"].tolist() == [0, 1]
     assert all(b.to_dict()[k] is d[k] for k in d)
@@ -385,3 +386,81 @@ def test_from_elements_with_prng_key_and_python_int_metadata():
     assert b.metadata["rng"].shape == (3,)
     restored = b.get_element(2).metadata["rng"]
     np.testing.assert_array_equal(jax.random.key_data(restored), jax.random.key_data(keys[1]))
+
+
+# --- Batch(list of Elements) ---------------------------------------------------------------------
+
+
+def _assert_same_batch(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("container", [list, tuple])
+def test_batch_of_elements_is_from_elements(container):
+    elements = [_element(i).replace(metadata={"index": np.int32(i)}) for i in range(3)]
+    b = Batch(container(elements))
+    _assert_same_batch(b, Batch.from_elements(elements))
+    assert b.batch_size == 3 and b.num_valid == 3
+    assert b["y"].tolist() == [0, 1, 2] and b.states["count"].tolist() == [0, 10, 20]
+    assert b.metadata["index"].tolist() == [0, 1, 2]
+    assert isinstance(b.data, dict) and set(b.keys()) == {"x", "y"}
+
+
+def test_batch_of_elements_with_mask():
+    b = Batch([_element(0), _element(1)], valid_mask=[True, False])
+    assert b.valid_mask.tolist() == [True, False] and b.num_valid == 1
+    assert [e["y"].item() for e in b.to_elements()] == [0]
+
+
+def test_batch_of_elements_rejects_bad_mask():
+    with pytest.raises(ValueError, match=r"Batch: valid_mask must be a bool array of shape \(2,\) .*bool\[3\]"):
+        Batch([_element(0), _element(1)], valid_mask=[True, True, False])
+    with pytest.raises(ValueError, match=r"shape \(2,\) .*got int32\[2\]"):
+        Batch([_element(0), _element(1)], valid_mask=np.ones(2, np.int32))
+
+
+def test_batch_of_elements_errors_name_the_batch_and_element():
+    with pytest.raises(ValueError, match="Batch: data is an empty list; need at least one Element"):
+        Batch([])
+    with pytest.raises(TypeError, match="Batch: element 1 is a dict, not an Element"):
+        Batch([_element(0), {"x": np.zeros((2, 3))}])
+    with pytest.raises(ValueError, match=r"Batch: element 1 differs from element 0: \.data\['y'\]"):
+        Batch([_element(0), _element(1).update_data({"y": np.float32(1)})])
+    with pytest.raises(ValueError, match="states and metadata are stacked from the elements"):
+        Batch([_element(0)], states={"count": np.zeros(1)})
+    with pytest.raises(ValueError, match="states and metadata are stacked from the elements"):
+        Batch([_element(0)], metadata={"i": np.zeros(1)})
+
+
+def test_batch_of_elements_is_a_working_pytree():
+    b = Batch([_element(i) for i in range(3)], valid_mask=[True, True, False])
+    # tree_map and flatten/unflatten round trips keep a Batch with the same arrays.
+    mapped = jax.tree.map(lambda v: v, b)
+    assert isinstance(mapped, Batch)
+    _assert_same_batch(mapped, b)
+    leaves, treedef = jax.tree_util.tree_flatten(b)
+    _assert_same_batch(jax.tree_util.tree_unflatten(treedef, leaves), b)
+    # jit round trip.
+    out = jax.jit(lambda batch: batch.replace(data={**batch.data, "y": batch["y"] + 1}))(b)
+    assert isinstance(out, Batch) and out["y"].tolist() == [1, 2, 3]
+    assert out.valid_mask.tolist() == [True, True, False]
+    # vmap over rows.
+    per_row = jax.vmap(lambda row: row["x"].sum() + row.states["count"])(b)
+    assert per_row.tolist() == [0.0, 16.0, 32.0]
+
+
+def test_batch_of_elements_built_inside_jit():
+    @jax.jit
+    def build(x):
+        return Batch([Element({"x": x}), Element({"x": x * 2})])
+
+    out = build(jnp.arange(3.0))
+    assert isinstance(out, Batch) and out["x"].tolist() == [[0.0, 1.0, 2.0], [0.0, 2.0, 4.0]]
+
+
+def test_dict_form_of_the_constructor_is_unchanged():
+    x, mask = np.zeros((2, 3)), np.array([True, False])
+    b = Batch({"x": x}, valid_mask=mask)
+    assert b.data["x"] is x and b.valid_mask is mask

@@ -2,6 +2,7 @@
 
 import doctest
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from datarax.core.metadata import (
     batch_metadata,
     create_metadata,
     split_rng_tree,
+    update_metadata_batch,
 )
 
 
@@ -83,27 +85,52 @@ def test_metadata_defaults_and_key_encoding():
     assert md.rng_key is None and md._encoded_key is None and md.entry_key is None
     md = Metadata(key="img_1")
     assert md.entry_key == "img_1"
-    assert md._encoded_key.shape == (KEY_WIDTH + 1,) and md._encoded_key.dtype == jnp.uint8
+    assert KEY_WIDTH == 128
+    assert md._encoded_key.shape == (128,) and md._encoded_key.dtype == jnp.uint8
     assert not hasattr(Metadata, "key")  # the InitVar default is not left as a misleading attribute
 
 
-@pytest.mark.parametrize("key", ["", "a\x00", "ünïcødé ✓", "x" * KEY_WIDTH])
+@pytest.mark.parametrize("key", ["", "a b", "ünïcødé ✓", "x" * 128, "é" * 64, "ab\x01"])
 def test_key_encoding_round_trips_edge_cases(key):
-    assert Metadata(key=key).entry_key == key
+    md = Metadata(key=key)
+    assert md.entry_key == key
+    assert md._encoded_key.shape == (128,)
+    assert md.to_dict()["key"] == key
 
 
-@given(st.text(max_size=KEY_WIDTH).filter(lambda t: len(t.encode("utf-8")) <= KEY_WIDTH))
+@given(st.text(max_size=128).filter(lambda t: "\x00" not in t and len(t.encode("utf-8")) <= 128))
 def test_key_encoding_round_trips_any_text(key):
     md = Metadata(key=key)
     assert md.entry_key == key
-    assert md._encoded_key.shape == (KEY_WIDTH + 1,)  # same shape for every key
+    assert md._encoded_key.shape == (128,)  # same shape for every key
 
 
 def test_key_too_long_raises_with_length_and_limit():
-    with pytest.raises(ValueError, match=rf"key .* is {KEY_WIDTH + 1} bytes long; the limit is {KEY_WIDTH}"):
-        Metadata(key="x" * (KEY_WIDTH + 1))
-    with pytest.raises(ValueError, match="the limit is"):
-        Metadata(key="é" * (KEY_WIDTH // 2 + 1))  # counts UTF-8 bytes, not characters
+    with pytest.raises(ValueError, match=r"Metadata: key .* is 129 bytes long; the limit is 128 bytes"):
+        Metadata(key="x" * 129)
+    with pytest.raises(ValueError, match=r"is 130 bytes long; the limit is 128"):
+        Metadata(key="é" * 65)  # counts UTF-8 bytes, not characters
+    with pytest.raises(ValueError, match=r"is 200 bytes long"):
+        Metadata().replace(key="y" * 200)
+    with pytest.raises(ValueError, match=r"is 129 bytes long"):
+        create_metadata(record_key="z" * 129)
+    # The message shows the start of a long key, not all of it.
+    with pytest.raises(ValueError) as info:
+        Metadata(key="k" * 1000)
+    assert len(str(info.value)) < 150
+
+
+@pytest.mark.parametrize("key", ["a\x00", "\x00", "a\x00b"])
+def test_key_with_nul_is_rejected(key):
+    # NUL pads the fixed-width encoding, so such a key could not decode to itself.
+    with pytest.raises(ValueError, match="NUL"):
+        Metadata(key=key)
+
+
+@pytest.mark.parametrize("key", [5, b"bytes", ["a"]])
+def test_non_string_key_is_type_error(key):
+    with pytest.raises(TypeError, match=r"Metadata: key must be a str or None, got"):
+        Metadata(key=key)
 
 
 def test_key_and_encoded_key_together_rejected():
@@ -112,7 +139,7 @@ def test_key_and_encoded_key_together_rejected():
 
 
 def test_negative_int_field_rejected():
-    with pytest.raises(ValueError, match="epoch must be non-negative, got -1"):
+    with pytest.raises(ValueError, match="Metadata: epoch must be a non-negative int, got -1"):
         Metadata(epoch=-1)
 
 
@@ -158,8 +185,10 @@ def test_split_rng(make_key):
 
 def test_split_rng_without_key_and_invalid_num():
     assert Metadata().split_rng(4) == [None] * 4
-    with pytest.raises(ValueError, match="num must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="Metadata.split_rng: num must be a positive int, got 0"):
         Metadata().split_rng(0)
+    with pytest.raises(ValueError, match="num must be a positive int, got True"):
+        Metadata().split_rng(True)
 
 
 @pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
@@ -293,7 +322,7 @@ def test_batch_metadata_and_vmap():
     mds = [create_metadata(index=i, record_key=f"r{i}", seed=i, source_info={"s": 1}) for i in range(4)]
     batch = batch_metadata(mds)
     assert batch.index.shape == (4,) and batch.rng_key.shape == (4,)
-    assert batch._encoded_key.shape == (4, KEY_WIDTH + 1)
+    assert batch._encoded_key.shape == (4, KEY_WIDTH)
     assert batch.source_info == {"s": 1} and batch.batch_idx is None
 
     def per_record(md):
@@ -393,12 +422,32 @@ def test_manager_epochs_and_batches():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"initial_epoch": -1}, "initial_epoch"), ({"initial_step": -3}, "initial_step"), ({"shard_id": -2}, "shard_id")],
+    [
+        ({"initial_epoch": -1}, "initial_epoch"),
+        ({"initial_epoch": 1.5}, "initial_epoch"),
+        ({"initial_step": -3}, "initial_step"),
+        ({"initial_step": True}, "initial_step"),
+        ({"shard_id": -2}, "shard_id"),
+        ({"shard_id": "0"}, "shard_id"),
+        ({"track_batches": 1}, "track_batches"),
+    ],
 )
-def test_manager_rejects_negative_args(kwargs, name):
+def test_manager_rejects_bad_args(kwargs, name):
     value = next(iter(kwargs.values()))
-    with pytest.raises(ValueError, match=rf"{name} must be non-negative, got {value}"):
+    with pytest.raises(ValueError, match=rf"MetadataManager: {name} must be .*, got {re.escape(repr(value))}"):
         MetadataManager(**kwargs)
+
+
+def test_manager_rejects_non_rngs():
+    with pytest.raises(TypeError, match="MetadataManager: rngs must be an nnx.Rngs or None, got int"):
+        MetadataManager(rngs=0)
+
+
+def test_manager_accepts_numpy_ints_and_stores_python_ints():
+    mgr = MetadataManager(initial_epoch=np.int64(2), initial_step=np.int32(5), shard_id=np.int16(1))
+    md = mgr.create_metadata("r")
+    assert (md.epoch, md.global_step, md.shard_id) == (2, 5, 1)
+    assert all(type(v) is int for v in (md.epoch, md.global_step, md.shard_id))
 
 
 def test_manager_state_is_nnx_state_and_updates_under_nnx_jit():
@@ -415,3 +464,50 @@ def test_manager_state_is_nnx_state_and_updates_under_nnx_jit():
     assert not keys_equal(k0, k1)
     assert int(mgr.state.get_value()["global_step"]) == 2
     assert "state" in nnx.state(mgr)
+
+
+# --------------------------------------------------------------------------- update_metadata_batch
+
+
+def test_update_metadata_batch_adds_batch_size_and_counts_batches():
+    md = Metadata(index=3, epoch=1, global_step=10, batch_idx=4, key="k", source_info={"s": 1})
+    out = update_metadata_batch(md, 16)
+    assert (out.global_step, out.batch_idx) == (26, 5)
+    # Everything else is carried over; the input is unchanged.
+    assert (out.index, out.epoch, out.entry_key, out.source_info) == (3, 1, "k", {"s": 1})
+    assert (md.global_step, md.batch_idx) == (10, 4)
+
+
+def test_update_metadata_batch_none_counts_as_zero():
+    out = update_metadata_batch(Metadata(), 8)
+    assert (out.global_step, out.batch_idx) == (8, 1)
+    twice = update_metadata_batch(update_metadata_batch(Metadata(global_step=None), 2), 3)
+    assert (twice.global_step, twice.batch_idx) == (5, 2)
+
+
+def test_update_metadata_batch_inside_jit_does_not_recompile_per_key():
+    traces = []
+
+    @jax.jit
+    def step(md):
+        traces.append(1)
+        return update_metadata_batch(md, 4)
+
+    a = step(create_metadata(global_step=1, batch_idx=0, record_key="a"))
+    b = step(create_metadata(global_step=7, batch_idx=2, record_key="b"))
+    assert (int(a.global_step), int(a.batch_idx), a.entry_key) == (5, 1, "a")
+    assert (int(b.global_step), int(b.batch_idx), b.entry_key) == (11, 3, "b")
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -4, True, 2.0, None, "8"])
+def test_update_metadata_batch_rejects_bad_batch_size(bad):
+    with pytest.raises(
+        ValueError, match=rf"update_metadata_batch: batch_size must be a positive int, got {re.escape(repr(bad))}"
+    ):
+        update_metadata_batch(Metadata(), bad)
+
+
+def test_update_metadata_batch_rejects_non_metadata():
+    with pytest.raises(TypeError, match="metadata must be a Metadata, got RecordMetadata"):
+        update_metadata_batch(RecordMetadata(index=0, record_key="k"), 2)

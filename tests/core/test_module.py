@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import datarax.core.constructor_args as constructor_args_module
 import datarax.core.module as module_module
 from datarax.core.config import DataraxModuleConfig, OperatorConfig, StructuralConfig
+from datarax.core.constructor_args import constructor_arguments
 from datarax.core.module import CheckpointableIteratorModule, DataraxModule, IterationCount
 from datarax.typing import Checkpointable, CheckpointableIterator
 
@@ -941,6 +943,61 @@ def test_iterator_copy_keeps_position_and_args():
 def test_iterator_is_generic():
     alias = CheckpointableIteratorModule[int]
     assert alias.__origin__ is CheckpointableIteratorModule
+
+
+# --- the record of constructor arguments -------------------------------------
+
+
+class WithInit(DataraxModule):
+    """Takes an array argument that only reaches a Variable."""
+
+    def __init__(self, config, init, *, rngs=None, name=None):
+        super().__init__(config, rngs=rngs, name=name)
+        self.weight = nnx.Param(jnp.asarray(init))
+
+
+def test_record_holds_the_arguments_but_config_rngs_and_name():
+    assert constructor_arguments(_extra()) == {"size": 3, "offset": 0.5, "scale": 2.0}
+    assert constructor_arguments(DataraxModule(DataraxModuleConfig(), name="x")) == {}
+    # The outermost constructor's call is the record, not the super().__init__ calls below it.
+    assert constructor_arguments(ExtraChild(DataraxModuleConfig(), 2, scale=1.0)) == {"size": 2, "scale": 1.0}
+
+
+def test_record_is_not_part_of_the_module_graph_or_state():
+    m = _extra()
+    assert not any("constructor" in str(key) for key in vars(m))
+    assert "constructor" not in repr(nnx.graphdef(m))
+    assert "constructor" not in str(m.get_state())
+
+
+def test_clone_shares_the_record_and_merge_has_none():
+    m = _extra()
+    assert constructor_arguments(m.clone()) == constructor_arguments(m)
+    merged = nnx.merge(*nnx.split(m))
+    assert constructor_arguments(merged) is None  # built without __init__: copy() clones instead
+
+
+def test_modules_built_alike_share_a_compilation_whatever_their_array_arguments():
+    traces = []
+
+    @nnx.jit
+    def bump(module):
+        traces.append(1)
+        module.weight[...] += 1.0
+
+    init_a, init_b = jnp.ones(2), jnp.zeros(2)
+    a, b = WithInit(DataraxModuleConfig(), init_a), WithInit(DataraxModuleConfig(), init_b)
+    bump(a)
+    bump(b)
+    assert len(traces) == 1
+    # Each module keeps its own record through the shared compilation.
+    assert constructor_arguments(a)["init"] is init_a and constructor_arguments(b)["init"] is init_b
+    np.testing.assert_array_equal(b.copy().weight[...], [1.0, 1.0])
+
+
+def test_constructor_args_doctests():
+    result = doctest.testmod(constructor_args_module)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # --- doctests ---------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Tests for datarax.core.sampler and datarax.core.sharder base classes."""
 
 import doctest
+import re
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +76,7 @@ def test_validate_num_records_accepts(good):
 
 @pytest.mark.parametrize("bad", [0, -2, True, 1.5])
 def test_process_bad_dataset_size(bad):
-    with pytest.raises(ValueError, match="num_records"):
+    with pytest.raises(ValueError, match=f"Rotate: num_records must be a positive int, got {bad!r}"):
         Rotate(StructuralConfig()).process(bad)
 
 
@@ -124,13 +125,21 @@ def test_local_rows_non_divisible(batch_size, count):
 
 @pytest.mark.parametrize("index", [-1, 4, 5, 1.0, None, "0", True])
 def test_local_rows_bad_index(index):
-    with pytest.raises(ValueError, match="process_index"):
+    expected = rf"SharderModule.local_rows: process_index must be an int in \[0, 4\), got {re.escape(repr(index))}"
+    with pytest.raises(ValueError, match=expected):
         SHARDER.local_rows(8, process_index=index, process_count=4)
+
+
+def test_local_rows_accepts_numpy_ints():
+    bounds = SHARDER.local_rows(np.int64(8), process_index=np.int32(1), process_count=np.int64(2))
+    assert bounds == (4, 8) and all(type(b) is int for b in bounds)
 
 
 @pytest.mark.parametrize("count", [0, -1, 2.0, None, True])
 def test_local_rows_bad_count(count):
-    with pytest.raises(ValueError, match="process_count"):
+    with pytest.raises(
+        ValueError, match=f"SharderModule.local_rows: process_count must be a positive int, got {count!r}"
+    ):
         SHARDER.local_rows(8, process_index=0, process_count=count)
 
 

@@ -1,5 +1,5 @@
 """Batchers: grouping elements into the one batch form."""
 
-from datarax.batching.default import DefaultBatcher, DefaultBatcherConfig
+from datarax.batching.default_batcher import DefaultBatcher, DefaultBatcherConfig
 
 __all__ = ["DefaultBatcher", "DefaultBatcherConfig"]

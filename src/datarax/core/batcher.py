@@ -21,7 +21,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from datarax.core.batch_form import VALID_MASK, batched_spec, validate_batch_size
+# VALID_MASK stays importable from here for code written before the batch form had its own
+# module (datarax.core.batch_form, where new code should import it from).
+from datarax.core.batch_form import VALID_MASK, batched_spec, validate_batch_size  # noqa: F401
 from datarax.core.structural import StructuralModule
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class BatcherModule(StructuralModule):
             ValueError: If ``batch_size`` is not positive.
             NotImplementedError: On the base class.
         """
-        validate_batch_size(batch_size)
+        validate_batch_size(batch_size, type(self).__name__)
         raise NotImplementedError(f"{type(self).__name__} must implement process()")
 
     def batch_spec(self, element_spec: Any, *, batch_size: int) -> dict[str, Any]:

@@ -7,6 +7,8 @@ extend validation by overriding ``__post_init__`` and calling ``super()``.
 
 Configs are stored as static (non-traced) module attributes, so they must be
 hashable: ``precomputed_stats`` is frozen into a hashable ``FrozenStats``.
+Assigning to a field of a built config raises ``FrozenInstanceError``; derive
+a changed config with ``dataclasses.replace`` (which validates it again).
 
 Example:
     >>> from datarax.core.config import OperatorConfig
@@ -16,6 +18,12 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: OperatorConfig: stochastic=True requires a stream_name (got stream_name=None)
+    >>> config = OperatorConfig()
+    >>> try:
+    ...     config.stochastic = True
+    ... except FrozenInstanceError as err:
+    ...     print(type(err).__name__)
+    FrozenInstanceError
 """
 
 from __future__ import annotations
@@ -25,6 +33,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+from datarax.core.validation import boolean
+
+FrozenInstanceError = dataclasses.FrozenInstanceError
+"""What assigning to a field of a config raises (configs are frozen dataclasses).
+
+It is ``dataclasses.FrozenInstanceError`` itself, a subclass of ``AttributeError``.
+"""
 
 
 class FrozenStats(Mapping):
@@ -81,8 +97,7 @@ class DataraxModuleConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if not isinstance(self.cacheable, bool):
-            raise ValueError(f"{name}: cacheable must be a bool, got {self.cacheable!r}")
+        object.__setattr__(self, "cacheable", boolean(name, "cacheable", self.cacheable))
         if self.batch_stats_fn is not None and not callable(self.batch_stats_fn):
             raise ValueError(f"{name}: batch_stats_fn must be callable or None, got {self.batch_stats_fn!r}")
         if self.precomputed_stats is not None and not isinstance(self.precomputed_stats, Mapping):
@@ -100,8 +115,7 @@ class DataraxModuleConfig:
 def _validate_stream(config: Any) -> None:
     """Checks the stochastic/stream_name pairing shared by structural and operator configs."""
     name = type(config).__name__
-    if not isinstance(config.stochastic, bool):
-        raise ValueError(f"{name}: stochastic must be a bool, got {config.stochastic!r}")
+    object.__setattr__(config, "stochastic", boolean(name, "stochastic", config.stochastic))
     if config.stream_name is not None and (not isinstance(config.stream_name, str) or not config.stream_name):
         raise ValueError(f"{name}: stream_name must be a non-empty string or None, got {config.stream_name!r}")
     if config.stochastic and config.stream_name is None:
@@ -150,4 +164,4 @@ class OperatorConfig(DataraxModuleConfig):
         _validate_stream(self)
 
 
-__all__ = ["DataraxModuleConfig", "FrozenStats", "OperatorConfig", "StructuralConfig"]
+__all__ = ["DataraxModuleConfig", "FrozenInstanceError", "FrozenStats", "OperatorConfig", "StructuralConfig"]

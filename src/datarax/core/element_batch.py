@@ -30,21 +30,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import GetAttrKey, keystr, tree_flatten_with_path
+from jax.tree_util import keystr, tree_flatten_with_path
 
-from datarax.core.spec import spec_mismatches, spec_of, spec_to_str
+from datarax.core.batch_form import VALID_MASK, stack_rows
+from datarax.core.pytree import register_frozen_pytree
+from datarax.core.spec import spec_to_str
 
-__all__ = ["VALID_MASK_KEY", "Batch", "Element"]
-
-VALID_MASK_KEY = "valid_mask"
-"""The reserved key of the plain dict batch form that holds the validity mask."""
+__all__ = ["Batch", "Element"]
 
 
 def _as_dict(value: Any, owner: str, field: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"{owner}: {field} must be a dict, got {type(value).__name__}")
-    if field == "data" and VALID_MASK_KEY in value:
-        raise ValueError(f"{owner}: data key {VALID_MASK_KEY!r} is reserved for the batch validity mask; rename it")
+    if field == "data" and VALID_MASK in value:
+        raise ValueError(f"{owner}: data key {VALID_MASK!r} is reserved for the batch validity mask; rename it")
     return dict(value)
 
 
@@ -53,27 +52,6 @@ def _describe(tree: Any) -> str:
         return spec_to_str(tree)
     except Exception:  # non-array leaves, e.g. inside tree utilities: fall back to plain repr
         return repr(tree)
-
-
-def _register_pytree(cls: type, fields: tuple[str, ...]) -> None:
-    """Registers a frozen dataclass as a pytree whose unflattening skips validation.
-
-    JAX rebuilds pytrees with arbitrary leaves (tracers without the batch axis under ``vmap``,
-    ``None`` in tree utilities), so only the public constructor validates.
-    """
-
-    def unflatten(_aux: None, children: Sequence[Any]) -> Any:
-        obj = object.__new__(cls)
-        for name, child in zip(fields, children):
-            object.__setattr__(obj, name, child)
-        return obj
-
-    jax.tree_util.register_pytree_with_keys(
-        cls,
-        lambda obj: ([(GetAttrKey(n), getattr(obj, n)) for n in fields], None),
-        unflatten,
-        flatten_func=lambda obj: ([getattr(obj, n) for n in fields], None),
-    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -132,6 +110,30 @@ class Element:
         )
 
 
+def _stack_elements(
+    elements: Sequence[Element], *, batch_size: int | None, valid_mask: Any, owner: str
+) -> tuple[dict[str, Any], Any, dict[str, Any], Any]:
+    """Stacks elements into ``(data, valid_mask, states, metadata)``; see ``Batch.from_elements``."""
+    elements = list(elements)
+    for i, element in enumerate(elements):
+        if not isinstance(element, Element):
+            raise TypeError(f"{owner}: element {i} is a {type(element).__name__}, not an Element")
+    n = len(elements)
+    given_mask = None
+    if valid_mask is not None:
+        given_mask = jnp.asarray(valid_mask)
+        if given_mask.shape != (n,) or given_mask.dtype != jnp.bool_:
+            raise ValueError(
+                f"{owner}: valid_mask must be a bool array of shape ({n},) "
+                f"(one entry per element), got {given_mask.dtype.name}{list(given_mask.shape)}"
+            )
+    # An Element is a pytree over (data, state, metadata), so one stack covers all three.
+    stacked, mask = stack_rows(elements, batch_size=batch_size, owner=owner, what="element")
+    if given_mask is not None:
+        mask = jnp.concatenate([given_mask, jnp.zeros(mask.shape[0] - n, bool)])
+    return stacked.data, mask, stacked.state, stacked.metadata
+
+
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Batch:
     """A batch: dicts of arrays sharing a leading batch axis, plus a validity mask.
@@ -139,36 +141,60 @@ class Batch:
     Arrays are stored as given (never copied or converted), so ``to_dict``/``from_dict`` round-trip
     the same array objects. Shapes are validated on construction, also under ``jax.jit``.
 
+    ``Batch(elements)`` with a list (or tuple) of ``Element`` objects stacks them, as
+    ``Batch.from_elements(elements, valid_mask=valid_mask)`` does: one row per element, data,
+    state and metadata stacked, ``states`` and ``metadata`` taken from the elements.
+
     Args:
-        data: Arrays by key, each with leading axis ``batch_size`` (``"valid_mask"`` is reserved).
+        data: Arrays by key, each with leading axis ``batch_size`` (``"valid_mask"`` is reserved);
+            or a non-empty list of ``Element`` objects to stack.
         valid_mask: Bool array of shape ``(batch_size,)``; False marks padding rows. None means
-            all rows are valid.
+            all rows are valid. With a list of elements: one entry per element.
         states: Per-row state, a dict of arrays with the leading batch axis. None means empty.
-        metadata: None, or a per-row pytree whose leaves have the leading batch axis.
+            Must be None with a list of elements.
+        metadata: None, or a per-row pytree whose leaves have the leading batch axis. Must be
+            None with a list of elements.
 
     Raises:
-        TypeError: If ``data`` or ``states`` is not a mapping.
+        TypeError: If ``data`` is neither a mapping nor a list of ``Element`` objects, or
+            ``states`` is not a mapping.
         ValueError: If ``data`` has the key ``"valid_mask"``, a leaf is 0-d, two leaves (or a
             leaf and the mask) disagree on the batch size, the mask is not a 1-d bool array, or
-            the batch size cannot be inferred (no arrays and no mask).
+            the batch size cannot be inferred (no arrays and no mask); with a list of elements,
+            as ``from_elements``, or if ``states`` or ``metadata`` is also given.
 
     Example:
         >>> import numpy as np
         >>> b = Batch({"x": np.zeros((2, 3))}, valid_mask=np.array([True, False]))
         >>> b.batch_size, b.num_valid
         (2, 1)
+        >>> Batch([Element({"x": np.float32(i)}) for i in range(3)])["x"].tolist()
+        [0.0, 1.0, 2.0]
         >>> Batch({"x": np.zeros((2, 3)), "y": np.zeros(5)})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: Batch: data['y'] has leading dimension 5, but the batch size is 2 (from ...)
     """
 
-    data: dict[str, Any]
+    data: dict[str, Any] | Sequence[Element]
     valid_mask: Any = None
     states: dict[str, Any] | None = None
     metadata: Any | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, list | tuple):
+            if self.states is not None or self.metadata is not None:
+                raise ValueError(
+                    "Batch: states and metadata are stacked from the elements when data is a list of "
+                    "Elements; set them on the Elements instead of passing them"
+                )
+            if not self.data:
+                raise ValueError("Batch: data is an empty list; need at least one Element")
+            data, mask, states, metadata = _stack_elements(
+                self.data, batch_size=None, valid_mask=self.valid_mask, owner="Batch"
+            )
+            for name, value in (("data", data), ("valid_mask", mask), ("states", states), ("metadata", metadata)):
+                object.__setattr__(self, name, value)
         data = _as_dict(self.data, "Batch", "data")
         states = _as_dict({} if self.states is None else self.states, "Batch", "states")
         mask, size, source = self.valid_mask, None, None
@@ -179,7 +205,7 @@ class Batch:
                 raise ValueError(
                     f"Batch: valid_mask must be a bool array of shape (batch_size,), got {mask.dtype}{list(mask.shape)}"
                 )
-            size, source = mask.shape[0], VALID_MASK_KEY
+            size, source = mask.shape[0], VALID_MASK
         for field, tree in (("data", data), ("states", states), ("metadata", self.metadata)):
             for path, leaf in tree_flatten_with_path(tree)[0]:
                 name, shape = field + keystr(path), np.shape(leaf)
@@ -257,45 +283,17 @@ class Batch:
         elements = list(elements)
         if not elements:
             raise ValueError("Batch.from_elements: elements is empty; need at least one Element")
-        n = len(elements)
-        if batch_size is None:
-            batch_size = n
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (batch_size < n):
-            raise ValueError(
-                f"Batch.from_elements: batch_size must be an integer >= len(elements) = {n}, got {batch_size!r}"
-            )
-        fields = ("data", "state", "metadata")
-        for i, element in enumerate(elements):
-            if not isinstance(element, Element):
-                raise TypeError(f"Batch.from_elements: element {i} is a {type(element).__name__}, not an Element")
-            for field in fields:
-                problems = spec_mismatches(getattr(element, field), spec_of(getattr(elements[0], field)))
-                if problems:
-                    raise ValueError(
-                        f"Batch.from_elements: element {i} differs from element 0 in {field}: " + "; ".join(problems)
-                    )
-        rows = elements + [elements[-1]] * (batch_size - n)
-        stacked = {
-            field: jax.tree.map(lambda *xs: jnp.stack(xs), *[getattr(e, field) for e in rows]) for field in fields
-        }
-        if valid_mask is None:
-            mask = jnp.arange(batch_size) < n
-        else:
-            mask = jnp.asarray(valid_mask)
-            if mask.shape != (n,) or mask.dtype != jnp.bool_:
-                raise ValueError(
-                    f"Batch.from_elements: valid_mask must be a bool array of shape ({n},) "
-                    f"(one entry per element), got {mask.dtype.name}{list(mask.shape)}"
-                )
-            mask = jnp.concatenate([mask, jnp.zeros(batch_size - n, bool)])
-        return cls(stacked["data"], valid_mask=mask, states=stacked["state"], metadata=stacked["metadata"])
+        data, mask, states, metadata = _stack_elements(
+            elements, batch_size=batch_size, valid_mask=valid_mask, owner="Batch.from_elements"
+        )
+        return cls(data, valid_mask=mask, states=states, metadata=metadata)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the plain dict form ``{**data, "valid_mask": mask}`` (same array objects).
 
         ``states`` and ``metadata`` are not part of the plain form.
         """
-        return {**self.data, VALID_MASK_KEY: self.valid_mask}
+        return {**self.data, VALID_MASK: self.valid_mask}
 
     @classmethod
     def from_dict(cls, batch: Mapping[str, Any], *, states: Any = None, metadata: Any = None) -> Batch:
@@ -312,13 +310,13 @@ class Batch:
         Raises:
             ValueError: If ``"valid_mask"`` is missing, or the arrays fail ``Batch`` validation.
         """
-        if not isinstance(batch, Mapping) or VALID_MASK_KEY not in batch:
+        if not isinstance(batch, Mapping) or VALID_MASK not in batch:
             raise ValueError(
-                f"Batch.from_dict: expected a dict with the reserved key {VALID_MASK_KEY!r}, "
+                f"Batch.from_dict: expected a dict with the reserved key {VALID_MASK!r}, "
                 f"got keys {sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__}"
             )
-        data = {k: v for k, v in batch.items() if k != VALID_MASK_KEY}
-        return cls(data, valid_mask=batch[VALID_MASK_KEY], states=states, metadata=metadata)
+        data = {k: v for k, v in batch.items() if k != VALID_MASK}
+        return cls(data, valid_mask=batch[VALID_MASK], states=states, metadata=metadata)
 
     def get_element(self, index: int) -> Element:
         """Returns row ``index`` (padding rows included) as an ``Element``.
@@ -346,5 +344,5 @@ class Batch:
         )
 
 
-_register_pytree(Element, ("data", "state", "metadata"))
-_register_pytree(Batch, ("data", "valid_mask", "states", "metadata"))
+register_frozen_pytree(Element, ("data", "state", "metadata"))
+register_frozen_pytree(Batch, ("data", "valid_mask", "states", "metadata"))

@@ -10,28 +10,29 @@ Design:
 * ``Metadata`` is an immutable pytree so it can be passed straight into
   ``jax.jit`` / ``jax.vmap``. All numeric fields and the RNG key are pytree
   *children* (traced), so advancing a step never triggers a recompile.
-* The record key is a Python string, which JAX cannot trace. Keeping it as
-  static aux data would make every distinct key a distinct treedef and force
-  one compilation per record. Instead it is encoded into a fixed-width,
-  length-prefixed ``uint8`` array (``_encoded_key``): every key string has the
-  same shape, so the treedef (and the compiled program) is shared. The string
-  is decoded on demand with ``Metadata.entry_key``.
+* The record key is a Python string, which JAX cannot trace. It is held as a
+  fixed-width ``(128,)`` ``uint8`` array, ``_encoded_key`` (see
+  ``datarax.core.record_key``): every key has the same shape, so changing only
+  the key never changes the treedef or recompiles. The string is decoded on
+  demand with ``Metadata.entry_key``. Keys are at most 128 UTF-8 bytes, no NUL.
 * ``source_info`` is genuinely static (e.g. a dataset name) and lives in the
   treedef; it is compared by value so that equal dicts share a compilation.
-* ``RecordMetadata`` is the lighter record produced by ``MetadataManager``, an
-  ``nnx.Module`` that keeps the running counters in an ``nnx.Variable`` so they
-  are part of the module state (checkpointable, updated through ``nnx.jit``).
+* ``RecordMetadata``, the lighter record a source's ``MetadataManager`` produces,
+  lives in ``datarax.core.record_metadata``; both are importable from here.
 
 Example:
     >>> import jax
     >>> md = create_metadata(index=3, record_key="img_0003", seed=0)
-    >>> md.entry_key
-    'img_0003'
+    >>> md.entry_key, md._encoded_key.shape
+    ('img_0003', (128,))
     >>> int(md.increment_step().global_step)
     1
     >>> other = md.replace(key="img_0004")
     >>> jax.tree_util.tree_structure(md) == jax.tree_util.tree_structure(other)
     True
+    >>> after = update_metadata_batch(md, 32)
+    >>> int(after.global_step), int(after.batch_idx)
+    (32, 1)
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax import Array
-from jax.tree_util import GetAttrKey
 
-#: Maximum length, in UTF-8 bytes, of a record key stored in ``Metadata``.
-KEY_WIDTH = 64
+from datarax.core.pytree import build_without_init, register_frozen_pytree
+from datarax.core.record_key import KEY_WIDTH, decode_record_key, encode_record_key
+from datarax.core.record_metadata import MetadataManager, RecordMetadata
+from datarax.core.validation import non_negative_int, positive_int
 
 # Traced fields of ``Metadata``, in flattening order.
 _METADATA_CHILDREN = ("index", "epoch", "global_step", "batch_idx", "shard_id", "rng_key", "_encoded_key")
@@ -57,112 +58,15 @@ _INT_FIELDS = ("index", "epoch", "global_step", "batch_idx", "shard_id")
 _DICT_FIELDS = (*_INT_FIELDS, "key", "rng_key", "rng_impl", "source_info")
 
 
-class _Static:
-    """Wraps a static aux value so treedefs compare it by value, even if unhashable."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Static):
-            return NotImplemented
-        try:
-            return bool(self.value == other.value)
-        except (TypeError, ValueError):  # e.g. array-valued keys with ambiguous ==
-            return self.value is other.value
-
-    def __hash__(self) -> int:
-        try:
-            return hash(self.value)
-        except TypeError:
-            # Equal dicts have equal key sets, so this stays consistent with __eq__.
-            return hash(frozenset(self.value)) if isinstance(self.value, dict) else 0
-
-
-def _build(cls: type, **fields: Any) -> Any:
-    """Creates an instance without running ``__init__``/``__post_init__``.
-
-    Unflattening must accept arbitrary leaves (tracers, ``object()`` sentinels
-    used by JAX internals), so it must skip validation and key encoding.
-    """
-    obj = object.__new__(cls)
-    for name, value in fields.items():
-        object.__setattr__(obj, name, value)
-    return obj
-
-
-def _register(cls: type, children: Sequence[str], statics: Sequence[str]) -> None:
-    """Registers a frozen dataclass as a pytree with named children and static aux data."""
-
-    def flatten_with_keys(obj):
-        kids = tuple((GetAttrKey(n), getattr(obj, n)) for n in children)
-        return kids, tuple(_Static(getattr(obj, n)) for n in statics)
-
-    def flatten(obj):  # key-free fast path for plain tree_flatten (e.g. jit dispatch)
-        return tuple(getattr(obj, n) for n in children), tuple(_Static(getattr(obj, n)) for n in statics)
-
-    def unflatten(aux, kids):
-        return _build(cls, **dict(zip(children, kids)), **{n: a.value for n, a in zip(statics, aux)})
-
-    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
-
-
 def _is_typed_key(key: Any) -> bool:
     return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-
-
-def _encode_key(key: str) -> Array:
-    """Encodes ``key`` as ``[length, utf8 bytes..., 0 padding]`` of shape ``(KEY_WIDTH + 1,)``."""
-    raw = key.encode("utf-8")
-    if len(raw) > KEY_WIDTH:
-        raise ValueError(f"key {key!r} is {len(raw)} bytes long; the limit is {KEY_WIDTH} bytes")
-    buf = np.zeros(KEY_WIDTH + 1, dtype=np.uint8)
-    # The explicit length prefix keeps trailing NUL characters and "" distinguishable.
-    buf[0] = len(raw)
-    buf[1 : 1 + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return jnp.asarray(buf)
 
 
 def _check_non_negative(**values: Any) -> None:
     # Only concrete Python ints are checked: traced or stacked values must pass untouched.
     for name, value in values.items():
-        if isinstance(value, int) and value < 0:
-            raise ValueError(f"{name} must be non-negative, got {value}")
-
-
-@dataclass(frozen=True, eq=False)
-class RecordMetadata:
-    """Metadata about one record, as produced by ``MetadataManager``.
-
-    Numeric fields and ``rng_key`` are pytree children; ``record_key`` and
-    ``source_info`` are static aux data, so ``record_key`` must be hashable
-    (or comparable) and distinct keys give distinct treedefs.
-
-    Args:
-        index: Position of the record in the stream.
-        record_key: Identifier of the record in its source.
-        rng_key: Per-record RNG key, or None.
-        epoch: Epoch the record belongs to.
-        global_step: Global step at which the record was produced.
-        batch_idx: Batch index when batches are tracked, else None.
-        shard_id: Shard that produced the record, or None.
-        source_info: Static description of the source, or None.
-    """
-
-    index: int
-    record_key: Any
-    rng_key: Array | None = None
-    epoch: int = 0
-    global_step: int = 0
-    batch_idx: int | None = None
-    shard_id: int | None = None
-    source_info: dict[str, Any] | None = None
-
-
-_RECORD_CHILDREN = ("index", "rng_key", "epoch", "global_step", "batch_idx", "shard_id")
-_register(RecordMetadata, _RECORD_CHILDREN, ("record_key", "source_info"))
+        if isinstance(value, int):
+            non_negative_int("Metadata", name, value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,12 +86,14 @@ class Metadata:
         rng_key: Typed (``jax.random.key``) or legacy uint32 RNG key, or None.
         _encoded_key: Pre-encoded record key; normally set from ``key``.
         source_info: Static description of the source, or None.
-        key: Record key string (at most ``KEY_WIDTH`` UTF-8 bytes), encoded
-            into ``_encoded_key``.
+        key: Record key string of at most ``KEY_WIDTH`` (128) UTF-8 bytes and
+            without NUL characters, encoded into ``_encoded_key``.
 
     Raises:
-        ValueError: If ``key`` is too long, if both ``key`` and
-            ``_encoded_key`` are given, or if a Python int field is negative.
+        ValueError: If ``key`` is longer than ``KEY_WIDTH`` bytes or contains
+            NUL, if both ``key`` and ``_encoded_key`` are given, or if a Python
+            int field is negative.
+        TypeError: If ``key`` is neither a str nor None.
     """
 
     index: int = 0
@@ -204,8 +110,8 @@ class Metadata:
         _check_non_negative(**{n: getattr(self, n) for n in _INT_FIELDS})
         if key is not None:
             if self._encoded_key is not None:
-                raise ValueError("pass either key or _encoded_key, not both")
-            object.__setattr__(self, "_encoded_key", _encode_key(key))
+                raise ValueError("Metadata: pass either key or _encoded_key, not both")
+            object.__setattr__(self, "_encoded_key", encode_record_key(key))
 
     @property
     def entry_key(self) -> str | None:
@@ -226,7 +132,7 @@ class Metadata:
             raise TypeError("entry_key needs a concrete key; read it outside jit/vmap") from err
         if buf.ndim != 1:
             raise ValueError(f"entry_key needs unbatched metadata, got encoded shape {buf.shape}")
-        return bytes(buf[1 : 1 + int(buf[0])]).decode("utf-8")
+        return decode_record_key(buf)
 
     def replace(self, **kwargs: Any) -> Metadata:
         """Returns a copy with the given fields replaced.
@@ -245,10 +151,10 @@ class Metadata:
             raise ValueError(f"unknown Metadata fields: {sorted(unknown)}")
         if "key" in kwargs:
             key = kwargs.pop("key")
-            kwargs["_encoded_key"] = None if key is None else _encode_key(key)
+            kwargs["_encoded_key"] = None if key is None else encode_record_key(key)
         fields = {n: getattr(self, n) for n in (*_METADATA_CHILDREN, "source_info")}
         # Bypass __init__ so replace() also works on traced values inside jit.
-        return _build(Metadata, **{**fields, **kwargs})
+        return build_without_init(Metadata, **{**fields, **kwargs})
 
     def split_rng(self, num: int = 2) -> list[Array | None]:
         """Splits ``rng_key`` into ``num`` subkeys.
@@ -262,8 +168,7 @@ class Metadata:
         Raises:
             ValueError: If ``num`` is less than 1.
         """
-        if num < 1:
-            raise ValueError(f"num must be at least 1, got {num}")
+        num = positive_int("Metadata.split_rng", "num", num)
         if self.rng_key is None:
             return [None] * num
         return list(jax.random.split(self.rng_key, num))
@@ -368,79 +273,10 @@ class Metadata:
         return self.replace(**updates)
 
 
-_register(Metadata, _METADATA_CHILDREN, ("source_info",))
+register_frozen_pytree(Metadata, _METADATA_CHILDREN, ("source_info",))
 # Drop the class attribute the InitVar default leaves behind, so ``md.key`` does
 # not silently read None; the decoded key is ``md.entry_key``.
 del Metadata.key
-
-
-class MetadataManager(nnx.Module):
-    """Stateful generator of ``RecordMetadata`` for a stream of records.
-
-    Counters live in ``self.state`` (an ``nnx.Variable`` holding a dict), so
-    they are module state: visible to ``nnx.state``, checkpointable, and
-    updated in place through ``nnx.jit``.
-
-    Args:
-        rngs: Source of per-record RNG keys. Keys are drawn from the
-            ``metadata`` stream, which falls back to ``default`` when absent.
-            If None, records get ``rng_key=None``.
-        initial_epoch: Starting epoch.
-        initial_step: Starting global step.
-        track_batches: Whether to track ``batch_idx`` (None otherwise).
-        shard_id: Shard id stamped on every record.
-
-    Raises:
-        ValueError: If ``initial_epoch``, ``initial_step`` or ``shard_id`` is negative.
-    """
-
-    def __init__(
-        self,
-        *,
-        rngs: nnx.Rngs | None = None,
-        initial_epoch: int = 0,
-        initial_step: int = 0,
-        track_batches: bool = False,
-        shard_id: int | None = None,
-    ):
-        _check_non_negative(initial_epoch=initial_epoch, initial_step=initial_step, shard_id=shard_id)
-        self.rngs = rngs
-        self.track_batches = track_batches
-        self.shard_id = shard_id
-        batch_idx = 0 if track_batches else None
-        counters = {"global_step": initial_step, "epoch": initial_epoch, "index": 0, "batch_idx": batch_idx}
-        self.state = nnx.Variable(counters)
-
-    def _update(self, **changes: Any) -> None:
-        self.state.set_value({**self.state.get_value(), **changes})
-
-    def create_metadata(self, record_key: Any, source_info: dict[str, Any] | None = None) -> RecordMetadata:
-        """Creates metadata for the next record, then advances ``index`` and ``global_step``.
-
-        Args:
-            record_key: Identifier of the record in its source.
-            source_info: Static description of the source, or None.
-
-        Returns:
-            The ``RecordMetadata`` reflecting the state before the update.
-        """
-        s = self.state.get_value()
-        rng_key = None if self.rngs is None else self.rngs.metadata()
-        md = RecordMetadata(
-            s["index"], record_key, rng_key, s["epoch"], s["global_step"], s["batch_idx"], self.shard_id, source_info
-        )
-        self._update(index=s["index"] + 1, global_step=s["global_step"] + 1)
-        return md
-
-    def next_epoch(self) -> None:
-        """Advances the epoch and resets ``batch_idx`` to 0 when batches are tracked."""
-        s = self.state.get_value()
-        self._update(epoch=s["epoch"] + 1, batch_idx=0 if self.track_batches else None)
-
-    def next_batch(self) -> None:
-        """Advances ``batch_idx`` by one; a no-op when batches are not tracked."""
-        if self.track_batches:
-            self._update(batch_idx=self.state.get_value()["batch_idx"] + 1)
 
 
 def create_metadata(
@@ -531,4 +367,49 @@ def batch_metadata(metadata_list: Sequence[Metadata]) -> Metadata:
         n: None if getattr(first, n) is None else jnp.stack([getattr(md, n) for md in metadata_list])
         for n in _METADATA_CHILDREN
     }
-    return _build(Metadata, **stacked, source_info=first.source_info)
+    return build_without_init(Metadata, **stacked, source_info=first.source_info)
+
+
+def update_metadata_batch(metadata: Metadata, batch_size: int) -> Metadata:
+    """Advances metadata past one batch: ``global_step += batch_size``, ``batch_idx += 1``.
+
+    ``global_step`` counts records, so a batch advances it by its size; a
+    ``batch_idx`` or ``global_step`` of None counts as 0. Works on traced
+    metadata inside ``jax.jit`` (``batch_size`` must be a Python int).
+
+    Args:
+        metadata: The metadata to advance (unchanged; a new one is returned).
+        batch_size: Records in the batch, a positive int.
+
+    Returns:
+        A new ``Metadata`` with the updated ``global_step`` and ``batch_idx``.
+
+    Raises:
+        TypeError: If ``metadata`` is not a ``Metadata``.
+        ValueError: If ``batch_size`` is not a positive int.
+
+    Example:
+        >>> md = update_metadata_batch(Metadata(global_step=5, batch_idx=2), 8)
+        >>> md.global_step, md.batch_idx
+        (13, 3)
+        >>> update_metadata_batch(Metadata(), 4).batch_idx  # None counts as 0
+        1
+    """
+    if not isinstance(metadata, Metadata):
+        raise TypeError(f"update_metadata_batch: metadata must be a Metadata, got {type(metadata).__name__}")
+    batch_size = positive_int("update_metadata_batch", "batch_size", batch_size)
+    step = 0 if metadata.global_step is None else metadata.global_step
+    batch_idx = 0 if metadata.batch_idx is None else metadata.batch_idx
+    return metadata.replace(global_step=step + batch_size, batch_idx=batch_idx + 1)
+
+
+__all__ = [
+    "KEY_WIDTH",
+    "Metadata",
+    "MetadataManager",
+    "RecordMetadata",
+    "batch_metadata",
+    "create_metadata",
+    "split_rng_tree",
+    "update_metadata_batch",
+]

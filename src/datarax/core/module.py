@@ -11,10 +11,12 @@ components compose with models, optimizers and Orbax, and adds:
   ``IterationCount`` variables holding JAX arrays, not Python ints: NNX treats
   Python ints as static, and static values cannot be mutated inside
   ``nnx.jit`` / ``nnx.vmap``; arrays can;
-* ``copy`` (rebuild with changed config, rngs or name), ``clone`` (same state);
+* ``copy`` (rebuild with changed config, rngs or name, from the recorded
+  constructor arguments: ``datarax.core.constructor_args``), ``clone`` (same
+  state);
 * ``get_state`` / ``set_state`` with a strict structure check, so a
   checkpoint from a differently built module is refused rather than half
-  applied.
+  applied (``datarax.core.module_state``).
 
 ``CheckpointableIteratorModule`` adds the iteration variables (``epoch``,
 ``position``, ``idx``, ``current``) that resumable iterators keep.
@@ -34,18 +36,15 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import inspect
-import weakref
 from collections.abc import Mapping
 from typing import Any, Generic
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from datarax.core.config import DataraxModuleConfig
+from datarax.core.constructor_args import rebuild, record_constructor_args, share_constructor_arguments
+from datarax.core.module_state import module_state_dict, restore_module_state
 from datarax.typing import T_co
 
 
@@ -58,86 +57,6 @@ class IterationCount(nnx.Variable):
     transforms single counters out, e.g. ``nnx.StateAxes({IterationCount: None})``
     to broadcast them or ``nnx.StateAxes({IterationCount: nnx.Carry})`` to carry them.
     """
-
-
-# Constructor arguments of each module, recorded by the outermost __init__ so
-# that ``copy`` can rebuild subclasses with extra constructor arguments. Kept
-# outside the module because the arguments may hold arrays, which NNX does not
-# allow in static attributes.
-_CONSTRUCTOR_ARGS: weakref.WeakKeyDictionary[Any, tuple[tuple, dict]] = weakref.WeakKeyDictionary()
-
-
-def _record_constructor_args(init):
-    @functools.wraps(init)
-    def recording_init(self, *args, **kwargs):
-        if self not in _CONSTRUCTOR_ARGS:
-            _CONSTRUCTOR_ARGS[self] = (args, dict(kwargs))
-        init(self, *args, **kwargs)
-
-    recording_init.__datarax_records__ = True
-    return recording_init
-
-
-def _path_str(path: tuple) -> str:
-    return "/".join(str(p) for p in path) or "<root>"
-
-
-def _storable(value: Any) -> Any:
-    """Typed PRNG keys become their raw key data so checkpoints hold plain arrays."""
-    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(value)
-    return value
-
-
-def _lookup(tree: Mapping, path: tuple) -> tuple[bool, Any]:
-    # Integer path entries (lists of submodules) come back as strings from
-    # JSON or Orbax; accept either spelling.
-    node: Any = tree
-    for part in path:
-        if not isinstance(node, Mapping):
-            return False, None
-        if part in node:
-            node = node[part]
-        elif str(part) in node:
-            node = node[str(part)]
-        else:
-            return False, None
-    return True, node
-
-
-def _unexpected_paths(tree: Mapping, expected: set[tuple[str, ...]], prefix=()) -> list[str]:
-    prefixes = {p[:i] for p in expected for i in range(len(p) + 1)}
-    found = []
-    for key, value in tree.items():
-        path = (*prefix, str(key))
-        if path in expected:
-            continue
-        if path in prefixes and isinstance(value, Mapping):
-            found.extend(_unexpected_paths(value, expected, path))
-        else:
-            found.append(_path_str(path))
-    return found
-
-
-def _restored_value(current: Any, new: Any, path: tuple) -> Any:
-    """Converts a checkpointed value to the type of the current one, checking shapes."""
-    if isinstance(current, jax.Array) and jnp.issubdtype(current.dtype, jax.dtypes.prng_key):
-        if isinstance(new, jax.Array) and jnp.issubdtype(new.dtype, jax.dtypes.prng_key):
-            return new
-        data = np.asarray(new)
-        expected = jax.random.key_data(current).shape
-        if data.shape != expected:
-            raise ValueError(f"set_state: key data at {_path_str(path)!r} has shape {data.shape}, expected {expected}")
-        return jax.random.wrap_key_data(data.astype(np.uint32), impl=jax.random.key_impl(current))
-    if isinstance(current, jax.Array | np.ndarray):
-        new_array = np.asarray(new) if not isinstance(new, jax.Array) else new
-        if tuple(new_array.shape) != tuple(current.shape):
-            raise ValueError(
-                f"set_state: value at {_path_str(path)!r} has shape {tuple(new_array.shape)}, "
-                f"expected {tuple(current.shape)}"
-            )
-        return jnp.asarray(new_array, dtype=current.dtype)
-    return new
 
 
 def check_stream_available(owner: str, stream_name: str, rngs: nnx.Rngs | None) -> None:
@@ -173,10 +92,10 @@ class DataraxModule(nnx.Module):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         init = cls.__dict__.get("__init__")
-        if init is not None and not getattr(init, "__datarax_records__", False):
-            cls.__init__ = _record_constructor_args(init)
+        if init is not None:
+            cls.__init__ = record_constructor_args(init)
 
-    @_record_constructor_args
+    @record_constructor_args
     def __init__(
         self,
         config: DataraxModuleConfig,
@@ -316,20 +235,14 @@ class DataraxModule(nnx.Module):
         new_config = self.config if config is None else config
         new_name = self.name if name is None else name
         new_rngs = rngs if rngs is not None else (nnx.clone(self.rngs) if self.rngs else None)
-        record = _CONSTRUCTOR_ARGS.get(self)
-        if record is None:
-            # Built without __init__ (e.g. by nnx.merge): fall back to a clone.
+        new = rebuild(self, config=new_config, rngs=new_rngs, name=new_name)
+        if new is None:
+            # Built without __init__ (e.g. by nnx.merge), so no record of its arguments: clone instead.
             new = nnx.clone(self)
             new.config, new.name = new_config, new_name
             new.rngs = nnx.data(new_rngs) if new_rngs is not None else None
             new._cache = {} if new_config.cacheable else None
             return new
-        args, kwargs = record
-        bound = inspect.signature(type(self).__init__).bind(self, *args, **kwargs)
-        for key, value in (("config", new_config), ("rngs", new_rngs), ("name", new_name)):
-            if key in inspect.signature(type(self).__init__).parameters:
-                bound.arguments[key] = value
-        new = type(self)(*bound.args[1:], **bound.kwargs)
         keep_rngs = rngs is None
         source = dict(nnx.to_flat_state(nnx.state(self, nnx.Variable)))
         for path, var in nnx.to_flat_state(nnx.state(new, nnx.Variable)):
@@ -345,8 +258,7 @@ class DataraxModule(nnx.Module):
         new = nnx.clone(self)
         # The cache is a static attribute, which nnx.clone shares; give the clone its own.
         new._cache = dict(self._cache) if self._cache is not None else None
-        if self in _CONSTRUCTOR_ARGS:
-            _CONSTRUCTOR_ARGS[new] = _CONSTRUCTOR_ARGS[self]
+        share_constructor_arguments(self, new)
         return new
 
     # -- checkpointing ------------------------------------------------------
@@ -356,19 +268,14 @@ class DataraxModule(nnx.Module):
 
         Every ``nnx.Variable`` of the module becomes an entry of a nested dict
         keyed by attribute path. Arrays held as plain ``nnx.data`` (a source's
-        records) are not state and are left out, so checkpoints stay small; typed PRNG keys are stored as their raw key
-        data so the result holds only plain values and arrays.
+        records) are not state and are left out, so checkpoints stay small;
+        typed PRNG keys are stored as their raw key data so the result holds
+        only plain values and arrays (see ``datarax.core.module_state``).
 
         Returns:
             A dictionary containing the internal state of the component.
         """
-        out: dict[str, Any] = {}
-        for path, var in nnx.to_flat_state(nnx.state(self, nnx.Variable)):
-            node = out
-            for part in path[:-1]:
-                node = node.setdefault(str(part), {})
-            node[str(path[-1])] = _storable(var.get_value())
-        return out
+        return module_state_dict(self)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore module state from a checkpoint.
@@ -384,20 +291,7 @@ class DataraxModule(nnx.Module):
             TypeError: If ``state`` is not a dictionary.
             ValueError: If the checkpoint structure does not match the module state.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"{type(self).__name__}.set_state: state must be a dict, got {type(state).__name__}")
-        flat = list(nnx.to_flat_state(nnx.state(self, nnx.Variable)))
-        expected = {tuple(str(p) for p in path) for path, _ in flat}
-        missing = [_path_str(path) for path, _ in flat if not _lookup(state, path)[0]]
-        unexpected = _unexpected_paths(state, expected)
-        if missing or unexpected:
-            raise ValueError(
-                f"{type(self).__name__}.set_state: checkpoint structure does not match the module "
-                f"state; missing={missing}, unexpected={unexpected}"
-            )
-        restored = [_restored_value(var.get_value(), _lookup(state, path)[1], path) for path, var in flat]
-        for (_, var), value in zip(flat, restored, strict=True):
-            var.set_value(value)
+        restore_module_state(self, state)
 
     # -- rng streams --------------------------------------------------------
 

@@ -25,13 +25,12 @@ from typing import Any
 import numpy as np
 
 from datarax.core.structural import StructuralModule
+from datarax.core.validation import positive_int
 
 
-def validate_num_records(num_records: Any) -> int:
+def validate_num_records(num_records: Any, owner: str = "") -> int:
     """Returns ``num_records`` as an int, or raises ``ValueError`` unless it is a positive int."""
-    if isinstance(num_records, bool) or not isinstance(num_records, int | np.integer) or num_records <= 0:
-        raise ValueError(f"num_records must be a positive int, got {num_records!r}")
-    return int(num_records)
+    return positive_int(owner, "num_records", num_records)
 
 
 class SamplerModule(StructuralModule):
@@ -70,7 +69,7 @@ class SamplerModule(StructuralModule):
         Raises:
             ValueError: If ``dataset_size`` is not a positive int.
         """
-        n = validate_num_records(dataset_size)
+        n = validate_num_records(dataset_size, type(self).__name__)
         return self.indices_at_np(np.arange(n), n, int(epoch))
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from datarax.core.batcher import validate_batch_size
+from datarax.core.batch_form import validate_batch_size
 from datarax.core.structural import StructuralModule
+from datarax.core.validation import int_in_range, positive_int
 
 
 class SharderModule(StructuralModule):
@@ -37,17 +38,16 @@ class SharderModule(StructuralModule):
         Raises:
             ValueError: If the batch does not divide evenly or the index is out of range.
         """
-        global_batch_size = validate_batch_size(global_batch_size)
-        if isinstance(process_count, bool) or not isinstance(process_count, int) or process_count <= 0:
-            raise ValueError(f"process_count must be a positive int, got {process_count!r}")
-        if (
-            isinstance(process_index, bool)
-            or not isinstance(process_index, int)
-            or not 0 <= process_index < process_count
-        ):
-            raise ValueError(f"process_index must be an int in [0, {process_count}), got {process_index!r}")
+        owner = f"{type(self).__name__}.local_rows"
+        global_batch_size = validate_batch_size(global_batch_size, owner)
+        process_count = positive_int(owner, "process_count", process_count)
+        process_index = int_in_range(
+            owner, "process_index", process_index, low=0, high=process_count, what=f"an int in [0, {process_count})"
+        )
         if global_batch_size % process_count:
-            raise ValueError(f"global batch_size {global_batch_size} is not divisible by process_count {process_count}")
+            raise ValueError(
+                f"{owner}: global batch_size {global_batch_size} is not divisible by process_count {process_count}"
+            )
         share = global_batch_size // process_count
         return process_index * share, (process_index + 1) * share
 

@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path, tree_map_with_path, tree_structure
 
+from datarax.core.validation import positive_int
+
 __all__ = [
     "add_leading_dim",
     "check_conforms",
@@ -142,9 +144,8 @@ def add_leading_dim(spec: Any, size: int) -> Any:
         >>> add_leading_dim({"y": jax.ShapeDtypeStruct((), np.int32)}, 3)
         {'y': ShapeDtypeStruct(shape=(3,), dtype=int32)}
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
-        raise ValueError(f"add_leading_dim: size (the batch size) must be a positive integer, got {size!r}")
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct((int(size), *s.shape), s.dtype), spec_of(spec))
+    size = positive_int("add_leading_dim", "size (the batch size)", size)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct((size, *s.shape), s.dtype), spec_of(spec))
 
 
 def spec_mismatches(tree: Any, spec: Any) -> list[str]:

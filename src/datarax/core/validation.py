@@ -72,6 +72,22 @@ def optional_positive_int(owner: str, name: str, value: Any) -> int | None:
     return int_in_range(owner, name, value, low=1, what="a positive int or None")
 
 
+def optional_non_negative_int(owner: str, name: str, value: Any) -> int | None:
+    """None, or an int ``>= 0`` (e.g. an optional shard id).
+
+    Example:
+        >>> optional_non_negative_int("MetadataManager", "shard_id", 0)
+        0
+        >>> optional_non_negative_int("MetadataManager", "shard_id", -1)
+        Traceback (most recent call last):
+        ...
+        ValueError: MetadataManager: shard_id must be a non-negative int or None, got -1
+    """
+    if value is None:
+        return None
+    return int_in_range(owner, name, value, low=0, what="a non-negative int or None")
+
+
 def boolean(owner: str, name: str, value: Any) -> bool:
     """A Python or numpy bool (not an int standing in for one)."""
     if not isinstance(value, bool | np.bool_):
@@ -79,11 +95,29 @@ def boolean(owner: str, name: str, value: Any) -> bool:
     return bool(value)
 
 
+def optional_callable(owner: str, name: str, value: Any) -> Any:
+    """None, or a callable; anything else is a ``TypeError`` (a wrong kind of object, not a bad value).
+
+    Example:
+        >>> optional_callable("DefaultBatcher", "collate_fn", None) is None
+        True
+        >>> optional_callable("DefaultBatcher", "collate_fn", "stack")
+        Traceback (most recent call last):
+        ...
+        TypeError: DefaultBatcher: collate_fn must be a callable or None, got 'stack' (str)
+    """
+    if value is not None and not callable(value):
+        raise TypeError(f"{_prefix(owner)}{name} must be a callable or None, got {value!r} ({type(value).__name__})")
+    return value
+
+
 __all__ = [
     "boolean",
     "int_in_range",
     "is_int",
     "non_negative_int",
+    "optional_callable",
+    "optional_non_negative_int",
     "optional_positive_int",
     "positive_int",
 ]

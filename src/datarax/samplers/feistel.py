@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from datarax.core.validation import int_in_range, is_int
+
 __all__ = ["feistel_permute", "feistel_permute_np", "feistel_permutation_np"]
 
 NUM_ROUNDS = 6
@@ -67,17 +69,16 @@ def _jx(h: jax.Array) -> jax.Array:  # uint32 arrays wrap natively
     return _fmix32(h, np.uint32, lambda v: v)
 
 
-def _half_bits(n: int) -> int:
+def _half_bits(n: int, owner: str) -> int:
     """Validates ``n``; returns the half width of the Feistel domain."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_N:
-        raise ValueError(f"n must be an int in [1, 2**31], got {n!r}")
-    bits = max(2, (int(n) - 1).bit_length())
+    n = int_in_range(owner, "n", n, low=1, high=MAX_N + 1, what="an int in [1, 2**31]")
+    bits = max(2, (n - 1).bit_length())
     return (bits + 1) // 2
 
 
 def _u32_int(x: Any, name: str) -> int:
     """Concrete seed/epoch -> Python int in [0, 2**32)."""
-    if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+    if is_int(x):
         return int(x) % 2**32
     a = np.asarray(x)
     if a.ndim != 0 or a.dtype.kind not in "iu":
@@ -87,7 +88,7 @@ def _u32_int(x: Any, name: str) -> int:
 
 def _u32_jax(x: Any, name: str) -> jax.Array:
     """Possibly traced seed/epoch -> uint32 scalar."""
-    if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+    if is_int(x):
         return jnp.asarray(int(x) % 2**32, dtype=jnp.uint32)
     a = jnp.asarray(x)
     if a.ndim != 0 or not jnp.issubdtype(a.dtype, jnp.integer):
@@ -126,7 +127,7 @@ def feistel_permute_np(positions: np.ndarray, n: int, seed: Any, epoch: Any) -> 
         ValueError: If ``n``, ``seed`` or ``epoch`` is invalid, or ``positions`` is
             not an integer array with all values in ``[0, n)``.
     """
-    half = _half_bits(n)
+    half = _half_bits(n, "feistel_permute_np")
     pos = np.asarray(positions)
     if pos.dtype.kind not in "iu":
         raise ValueError(f"positions must be an integer array, got dtype {pos.dtype}")
@@ -158,7 +159,7 @@ def feistel_permutation_np(n: int, seed: Any, epoch: Any) -> np.ndarray:
     Raises:
         ValueError: If ``n``, ``seed`` or ``epoch`` is invalid.
     """
-    _half_bits(n)
+    _half_bits(n, "feistel_permutation_np")
     return feistel_permute_np(np.arange(int(n), dtype=np.int64), n, seed, epoch)
 
 
@@ -181,7 +182,7 @@ def feistel_permute(positions: jax.Array, n: int, seed: Any, epoch: Any) -> jax.
     Raises:
         ValueError: If ``n`` is invalid or ``seed``/``epoch`` is not an integer scalar.
     """
-    half = _half_bits(n)
+    half = _half_bits(n, "feistel_permute")
     keys = _round_keys(_u32_jax(seed, "seed"), _u32_jax(epoch, "epoch"), _jx, np.uint32, lambda v: v)
     limit = np.uint32(n)
     y = _encrypt(jnp.asarray(positions).astype(jnp.uint32), keys, half, _jx, np.uint32)

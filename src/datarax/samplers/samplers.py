@@ -25,6 +25,7 @@ import numpy as np
 
 from datarax.core.config import StructuralConfig
 from datarax.core.sampler import SamplerModule
+from datarax.core.validation import int_in_range
 from datarax.samplers.feistel import feistel_permute, feistel_permute_np
 
 
@@ -58,8 +59,8 @@ class ShuffleSamplerConfig(StructuralConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"ShuffleSamplerConfig: seed must be an int in [0, 2**32), got {self.seed!r}")
+        seed = int_in_range(type(self).__name__, "seed", self.seed, low=0, high=2**32, what="an int in [0, 2**32)")
+        object.__setattr__(self, "seed", seed)
 
 
 class ShuffleSampler(SamplerModule):
