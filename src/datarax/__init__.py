@@ -22,10 +22,10 @@ _EXPORTS = {
     "Element": "datarax.core.element_batch",
     "ElementOperator": "datarax.operators.element",
     "ElementOperatorConfig": "datarax.operators.element",
-    "MemorySource": "datarax.sources.memory",
-    "MemorySourceConfig": "datarax.sources.memory",
+    "MemorySource": "datarax.sources.memory_source",
+    "MemorySourceConfig": "datarax.sources.memory_source",
     "OperatorConfig": "datarax.core.config",
-    "OrbaxCheckpointHandler": "datarax.checkpoint.handler",
+    "OrbaxCheckpointHandler": "datarax.checkpoint.handlers",
     "Pipeline": "datarax.pipeline.pipeline",
     "PipelineIterator": "datarax.pipeline.iterator",
     "StructuralConfig": "datarax.core.config",
@@ -34,7 +34,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # pragma: no cover - static analysis only
     from datarax.batching.default_batcher import DefaultBatcher, DefaultBatcherConfig
-    from datarax.checkpoint.handler import OrbaxCheckpointHandler
+    from datarax.checkpoint.handlers import OrbaxCheckpointHandler
     from datarax.core.config import DataraxModuleConfig, OperatorConfig, StructuralConfig
     from datarax.core.element_batch import Batch, Element
     from datarax.core.module import DataraxModule
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - static analysis only
     from datarax.pipeline.iterator import PipelineIterator
     from datarax.pipeline.pipeline import Pipeline
     from datarax.pipeline.prefetch import prefetch_to_device
-    from datarax.sources.memory import MemorySource, MemorySourceConfig
+    from datarax.sources.memory_source import MemorySource, MemorySourceConfig
 
 
 def __getattr__(name: str) -> Any:

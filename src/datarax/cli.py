@@ -1,8 +1,10 @@
 """The ``datarax`` command line: ``datarax demo``.
 
 The demo shows the source and batcher, then runs a shuffled, augmented
-pipeline for two epochs with a progress bar, checkpoints it mid-epoch with
-Orbax and checks that a pipeline built anew resumes the exact stream.
+pipeline (two epochs by default) with a progress bar, checkpoints it half-way
+through the run with Orbax and checks that a pipeline built anew resumes the
+exact stream. The checkpoint is taken after ``total // 2`` batches, so every
+run length has one, down to a single batch (checkpointed before it).
 
 The demo uses a small real dataset that ships inside an installed package
 (scikit-learn's 8x8 handwritten digits, the ``demo`` extra), so it runs on a
@@ -18,6 +20,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from datarax.core.validation import positive_int
 
 
 def load_digits_arrays() -> dict[str, np.ndarray]:
@@ -58,30 +62,42 @@ def build_demo_pipeline(data: dict[str, np.ndarray], batch_size: int, num_epochs
 
     source = MemorySource(MemorySourceConfig(), data=data)
     normalize = ElementOperator(ElementOperatorConfig(), fn=_normalize)
-    shift = ElementOperator(
-        ElementOperatorConfig(stochastic=True, stream_name="augment"),
-        fn=_random_shift,
-        rngs=nnx.Rngs(augment=1),
-    )
+    # No rngs of its own: the shift draws per-record keys from the pipeline's one seed.
+    shift = ElementOperator(ElementOperatorConfig(stochastic=True, stream_name="augment"), fn=_random_shift)
     return Pipeline(
         source=source,
         stages=[normalize, shift],
         batch_size=batch_size,
-        rngs=nnx.Rngs(shuffle=0),
+        rngs=nnx.Rngs(0),
         shuffle=True,
         num_epochs=num_epochs,
     )
 
 
-def run_demo(num_batches: int = 3, batch_size: int = 64, num_epochs: int = 2) -> bool:
+def run_demo(
+    num_batches: int = 3,
+    batch_size: int = 64,
+    num_epochs: int = 2,
+    data: dict[str, np.ndarray] | None = None,
+) -> bool:
     """Runs the demo; returns True when the resumed stream matched.
 
     1. Shows the dataset's ``element_spec`` and a few batches through ``DefaultBatcher``.
     2. Runs a shuffled, augmented ``Pipeline`` for ``num_epochs`` epochs with a
        progress bar, checking every epoch is an exact permutation, and saves the
-       iterator state mid-epoch with Orbax.
+       iterator state half-way through the run with Orbax.
     3. Restores that checkpoint into a pipeline built anew and checks that the
        resumed batches match the original ones bit for bit.
+
+    Args:
+        num_batches: Batches shown in the ``DefaultBatcher`` table.
+        batch_size: Rows per batch, at most the number of records.
+        num_epochs: Epochs of the pipeline run.
+        data: The dataset (default: ``load_digits_arrays()``).
+
+    Raises:
+        ValueError: If an argument is not a positive int, or ``batch_size`` is
+            larger than the dataset.
     """
     import tempfile
 
@@ -94,8 +110,15 @@ def run_demo(num_batches: int = 3, batch_size: int = 64, num_epochs: int = 2) ->
     from datarax.core.spec import spec_to_str
     from datarax.sources import MemorySource, MemorySourceConfig
 
+    data = load_digits_arrays() if data is None else dict(data)
+    num_records = len(data["label"])
+    for name, value in (("num_batches", num_batches), ("batch_size", batch_size), ("num_epochs", num_epochs)):
+        positive_int("run_demo", name, value)
+    if batch_size > num_records:
+        raise ValueError(
+            f"run_demo: batch_size must be at most the {num_records} records of the dataset, got {batch_size}"
+        )
     console = Console()
-    data = load_digits_arrays()
     data["index"] = np.arange(len(data["label"]), dtype=np.int32)  # to check exact epochs
     source = MemorySource(MemorySourceConfig(), data=data)
     batcher = DefaultBatcher(DefaultBatcherConfig())
@@ -113,21 +136,24 @@ def run_demo(num_batches: int = 3, batch_size: int = 64, num_epochs: int = 2) ->
 
     pipeline = build_demo_pipeline(data, batch_size, num_epochs)
     console.print(f"[bold]Pipeline[/bold] batch_spec: {spec_to_str(pipeline.batch_spec())}")
-    checkpoint_at = len(pipeline) + len(pipeline) // 2  # the middle of the second epoch
+    total = num_epochs * len(pipeline)
+    # Batches served before the checkpoint: half-way, so that a run of any length
+    # (one epoch, or a single batch) has batches left to compare after it.
+    checkpoint_at = total // 2
     seen: dict[int, list[np.ndarray]] = {}
     after_checkpoint: list[dict[str, np.ndarray]] = []
     with tempfile.TemporaryDirectory() as directory, OrbaxCheckpointHandler(directory) as checkpoints:
         iterator = iter(pipeline)
         with Progress(console=console, transient=False) as progress:
-            task = progress.add_task("shuffled, augmented epochs", total=num_epochs * len(pipeline))
-            for step in range(num_epochs * len(pipeline)):
+            task = progress.add_task("shuffled, augmented epochs", total=total)
+            for step in range(total):
+                if step == checkpoint_at:
+                    checkpoints.save(step, iterator)
+                    checkpoints.wait_until_finished()
                 epoch = iterator.epoch
                 batch = jax.device_get(next(iterator))
                 seen.setdefault(epoch, []).append(batch["index"][batch["valid_mask"]])
-                if step + 1 == checkpoint_at:
-                    checkpoints.save(step + 1, iterator)
-                    checkpoints.wait_until_finished()
-                elif step + 1 > checkpoint_at:
+                if step >= checkpoint_at:
                     after_checkpoint.append(batch)
                 progress.advance(task)
         all_exact = True
@@ -148,7 +174,7 @@ def run_demo(num_batches: int = 3, batch_size: int = 64, num_epochs: int = 2) ->
             all(np.array_equal(a[k], np.asarray(b[k])) for k in a)
             for a, b in zip(after_checkpoint, resumed, strict=True)
         ]
-    ok = all_exact and all(matches) and len(matches) == len(after_checkpoint)
+    ok = all_exact and all(matches) and len(matches) == len(after_checkpoint) > 0
     colour = "green" if ok else "red"
     console.print(
         f"[{colour}]resumed batches match the original stream: {ok} ({len(matches)} batches compared)[/{colour}]"
@@ -171,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--batches, --batch-size and --epochs must be positive, "
                 f"got {args.batches}, {args.batch_size}, {args.epochs}"
             )
-        ok = run_demo(num_batches=args.batches, batch_size=args.batch_size, num_epochs=args.epochs)
+        data = load_digits_arrays()
+        num_records = len(data["label"])
+        if args.batch_size > num_records:
+            parser.error(f"--batch-size must be at most {num_records} (the dataset's records), got {args.batch_size}")
+        ok = run_demo(num_batches=args.batches, batch_size=args.batch_size, num_epochs=args.epochs, data=data)
         return 0 if ok else 1
     return 0
 

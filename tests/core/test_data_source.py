@@ -1,7 +1,9 @@
 """Tests for datarax.core.data_source: the source base class and the local-cache mixin."""
 
 import doctest
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ from flax import nnx
 
 import datarax.core.data_source as data_source_module
 from datarax.core.config import StructuralConfig
-from datarax.core.data_source import DataSourceModule, LocalFilesOnlyMixin
+from datarax.core.data_source import DataSourceModule, LocalFilesOnlyMixin, check_source_traceable
 
 # --- LocalFilesOnlyMixin -------------------------------------------------------------------------
 
@@ -35,19 +37,19 @@ def cache(tmp_path):
 def test_check_local_cache_all_present_is_true(cache, local_files_only):
     file, directory = cache
     source = _CachedSource(local_files_only)
-    assert source._check_local_cache("mnist", [file, directory]) is True
+    assert source._check_local_cache([file, directory], dataset_name="mnist") is True
     # str paths are accepted as well as Path objects.
-    assert source._check_local_cache("mnist", [str(file), str(directory)]) is True
+    assert source._check_local_cache([str(file), str(directory)], dataset_name="mnist") is True
 
 
 def test_check_local_cache_empty_path_list_is_true():
-    assert _CachedSource(True)._check_local_cache("mnist", []) is True
+    assert _CachedSource(True)._check_local_cache([], dataset_name="mnist") is True
 
 
 def test_check_local_cache_missing_without_local_only_is_false(cache, tmp_path):
     file, _ = cache
     source = _CachedSource(False)
-    assert source._check_local_cache("mnist", [file, tmp_path / "missing.bin"]) is False
+    assert source._check_local_cache([file, tmp_path / "missing.bin"], dataset_name="mnist") is False
 
 
 def test_check_local_cache_missing_with_local_only_names_dataset_and_every_path(cache, tmp_path):
@@ -56,7 +58,7 @@ def test_check_local_cache_missing_with_local_only_names_dataset_and_every_path(
     missing_dir = tmp_path / "not_downloaded"
     source = _CachedSource(True)
     with pytest.raises(FileNotFoundError) as info:
-        source._check_local_cache("my_dataset", [file, missing_file, directory, missing_dir])
+        source._check_local_cache([file, missing_file, directory, missing_dir], dataset_name="my_dataset")
     message = str(info.value)
     assert "my_dataset" in message
     assert str(missing_file) in message
@@ -71,7 +73,38 @@ def test_check_local_cache_without_attribute_defaults_to_downloadable(tmp_path):
     class NoFlag(LocalFilesOnlyMixin):
         pass
 
-    assert NoFlag()._check_local_cache("x", [tmp_path / "absent"]) is False
+    assert NoFlag()._check_local_cache([tmp_path / "absent"], dataset_name="x") is False
+
+
+def test_check_local_cache_signature_is_paths_then_keyword_dataset_name(cache):
+    file, _ = cache
+    source = _CachedSource(True)
+    # dataset_name is keyword-only, as in datarax 0.1.x: the old (name, paths) order is refused.
+    with pytest.raises(TypeError):
+        source._check_local_cache("mnist", [file])
+    with pytest.raises(TypeError):
+        source._check_local_cache([file])
+
+
+@pytest.mark.parametrize(
+    ("paths", "dataset_name", "what"),
+    [
+        ("/data/train.npy", "mnist", "expected_paths must be a list of paths, got '/data/train.npy'"),
+        (Path("/data"), "mnist", "expected_paths must be a list of paths"),
+        (["/data/a.npy", 3], "mnist", "expected_paths must hold str or os.PathLike paths, got 3"),
+        (["/data/a.npy"], "", "dataset_name must be a non-empty str, got ''"),
+        (["/data/a.npy"], None, "dataset_name must be a non-empty str, got None"),
+    ],
+)
+def test_check_local_cache_rejects_bad_arguments(paths, dataset_name, what):
+    # A single path string would otherwise be iterated character by character.
+    with pytest.raises(TypeError, match=re.escape(f"_CachedSource._check_local_cache: {what}")):
+        _CachedSource(True)._check_local_cache(paths, dataset_name=dataset_name)
+
+
+def test_check_local_cache_accepts_any_iterable_of_paths(cache):
+    file, directory = cache
+    assert _CachedSource(True)._check_local_cache((p for p in (file, directory)), dataset_name="mnist") is True
 
 
 def test_mixin_composes_with_data_source_module(tmp_path):
@@ -81,8 +114,8 @@ def test_mixin_composes_with_data_source_module(tmp_path):
             self.local_files_only = local_files_only
 
     with pytest.raises(FileNotFoundError, match="cifar"):
-        CachedSource(True)._check_local_cache("cifar", [tmp_path / "absent"])
-    assert CachedSource(False)._check_local_cache("cifar", [tmp_path / "absent"]) is False
+        CachedSource(True)._check_local_cache([tmp_path / "absent"], dataset_name="cifar")
+    assert CachedSource(False)._check_local_cache([tmp_path / "absent"], dataset_name="cifar") is False
 
 
 # --- DataSourceModule base -----------------------------------------------------------------------
@@ -201,35 +234,97 @@ def test_seed_example_data_is_pytree_data_not_params_or_state():
     assert all(np.size(leaf) <= 1 for leaf in jax.tree.leaves(state))
 
 
-def test_default_get_records_stacks_get_batch_at_on_the_host():
-    calls = []
+# --- the default get_records ---------------------------------------------------------------------
 
-    class OnlyBatchAt(DataSourceModule):
-        def __init__(self):
-            super().__init__(StructuralConfig())
-            self.values = nnx.data(jnp.arange(10, dtype=jnp.int32) * 10)
 
-        def get_batch_at(self, start, size, key=None):
-            calls.append((start, size))
-            return {
-                "v": jax.lax.dynamic_slice_in_dim(self.values, start, size),
-                "pair": (jnp.full((size, 2), start, jnp.int32),),
-            }
+class Sliced(DataSourceModule):
+    """A source whose get_batch_at uses Python slicing: fine on the host, not traceable."""
 
-    source = OnlyBatchAt()
-    out = source.get_records(np.array([7, 0, 7, 3]))
+    def __init__(self, n=10):
+        super().__init__(StructuralConfig())
+        self.values = nnx.data(jnp.arange(n, dtype=jnp.int32) * 10)
+
+    def __len__(self):
+        return self.values.shape[0]
+
+    def element_spec(self):
+        return {"v": jax.ShapeDtypeStruct((), jnp.int32)}
+
+    def get_batch_at(self, start, size, key=None):
+        return {"v": self.values[start : start + size]}
+
+
+class DynamicSliced(Sliced):
+    """The same records through jax.lax.dynamic_slice_in_dim, with a nested leaf."""
+
+    def element_spec(self):
+        return {"v": jax.ShapeDtypeStruct((), jnp.int32), "pair": (jax.ShapeDtypeStruct((2,), jnp.int32),)}
+
+    def get_batch_at(self, start, size, key=None):
+        values = jax.lax.dynamic_slice_in_dim(self.values, start, size)
+        return {"v": values, "pair": (jnp.stack([values, values + 1], axis=1),)}
+
+
+def test_default_get_records_is_traceable_through_get_batch_at():
+    source = DynamicSliced()
+    gather = jax.jit(source.get_records)
+    out = gather(jnp.array([7, 0, 7, 3]))
     np.testing.assert_array_equal(out["v"], [70, 0, 70, 30])
-    assert out["pair"][0].shape == (4, 2)
-    np.testing.assert_array_equal(out["pair"][0][:, 1], [7, 0, 7, 3])
-    # One size-1 call per index, each start a Python int.
-    assert calls == [(7, 1), (0, 1), (7, 1), (3, 1)]
-    assert all(type(start) is int for start, _ in calls)
+    np.testing.assert_array_equal(out["pair"][0], [[70, 71], [0, 1], [70, 71], [30, 31]])
+    # Traced indices computed in the same program, as the pipeline's step does.
+    permuted = jax.jit(lambda key: source.get_records(jax.random.permutation(key, 10)[:4]))(jax.random.key(0))
+    expected = np.asarray(jax.random.permutation(jax.random.key(0), 10)[:4]) * 10
+    np.testing.assert_array_equal(permuted["v"], expected)
 
 
-def test_default_get_records_accepts_jax_and_list_indices():
-    source = MyDataSource(MyDataSourceConfig(required_param=1), _records(4))
+def test_default_get_records_eager_matches_jit_and_accepts_lists_and_numpy():
+    source = DynamicSliced()
+    for indices in ([2, 9], np.array([2, 9], np.int64), jnp.array([2, 9])):
+        np.testing.assert_array_equal(source.get_records(indices)["v"], [20, 90])
+
+
+def test_default_get_records_falls_back_to_the_host_for_concrete_indices():
+    # Python slicing cannot be traced, but concrete indices are served one call at a time.
+    out = Sliced().get_records(np.array([4, 1]))
+    np.testing.assert_array_equal(out["v"], [40, 10])
+    source = MyDataSource(MyDataSourceConfig(required_param=1), _records(4))  # int(start): host only
     np.testing.assert_array_equal(source.get_records(jnp.array([2, 1]))["y"], [2, 1])
     np.testing.assert_array_equal(source.get_records([3])["y"], [3])
+
+
+def test_default_get_records_with_traced_indices_and_a_host_only_source_raises():
+    with pytest.raises(IndexError, match="static"):
+        jax.jit(Sliced().get_records)(jnp.array([1, 2]))
+
+
+@pytest.mark.parametrize("source", [DynamicSliced(), Sliced()], ids=["traceable", "host-only"])
+def test_default_get_records_with_no_indices_returns_empty_leaves(source):
+    out = source.get_records([])
+    assert out["v"].shape == (0,) and out["v"].dtype == jnp.int32
+
+
+@pytest.mark.parametrize(
+    ("indices", "what"),
+    [(np.zeros((2, 2), np.int32), "int32[2, 2]"), (np.array([0.0, 1.0]), "float64[2]"), (3, "int64[]")],
+)
+def test_default_get_records_rejects_non_vectors(indices, what):
+    with pytest.raises(
+        TypeError, match=re.escape(f"DynamicSliced.get_records: indices must be a 1-D integer array, got {what}")
+    ):
+        DynamicSliced().get_records(indices)
+
+
+def test_default_get_records_refuses_a_get_batch_at_that_ignores_size():
+    class IgnoresSize(Sliced):
+        def get_batch_at(self, start, size, key=None):
+            return {"v": jax.lax.dynamic_slice_in_dim(self.values, start, 2)}
+
+    # Traced, and on the host (the fallback must not paper over it by concatenating).
+    for indices in (jnp.array([1, 2]), np.array([1, 2])):
+        with pytest.raises(ValueError, match=r"IgnoresSize.get_batch_at\(start, 1\) must return .* dimension of 1"):
+            IgnoresSize().get_records(indices)
+    with pytest.raises(ValueError, match=r"IgnoresSize.get_batch_at\(start, 1\) must return .* dimension of 1"):
+        jax.jit(IgnoresSize().get_records)(jnp.array([1, 2]))
 
 
 def test_default_get_records_on_base_class_raises_not_implemented():
@@ -237,7 +332,107 @@ def test_default_get_records_on_base_class_raises_not_implemented():
         DataSourceModule(StructuralConfig()).get_records(np.array([0, 1]))
 
 
+# --- check_source_traceable ---------------------------------------------------------------------
+
+
+def _module_recipe():
+    """The Squares class of this module's docstring, executed exactly as written there."""
+    namespace = {}
+    for example in doctest.DocTestParser().get_examples(data_source_module.__doc__):
+        exec(example.source, namespace)  # noqa: S102 - our own docstring
+    return namespace["Squares"]
+
+
+def test_docstring_recipe_runs_in_a_pipeline():
+    from datarax import Pipeline
+
+    squares = _module_recipe()
+    batches = list(Pipeline(source=squares(10), batch_size=4))
+    assert [b["x"].tolist() for b in batches] == [[0, 1, 4, 9], [16, 25, 36, 49], [64, 81, 81, 81]]
+    assert [b["valid_mask"].tolist() for b in batches][-1] == [True, True, False, False]
+    shuffled = Pipeline(source=squares(10), batch_size=4, shuffle=True, rngs=nnx.Rngs(0), num_epochs=2)
+    epochs = [b["x"][b["valid_mask"]].tolist() for b in shuffled]
+    assert sorted(sum(epochs[:3], [])) == sorted(sum(epochs[3:], [])) == [i * i for i in range(10)]
+    check_source_traceable(squares(10), batch_size=4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_traceable_sources_pass(batch_size):
+    check_source_traceable(DynamicSliced(), batch_size)
+    check_source_traceable(DynamicSliced(), np.int64(batch_size))
+
+
+def test_untraceable_get_batch_at_names_the_class_the_methods_and_the_cause():
+    with pytest.raises(TypeError) as info:
+        check_source_traceable(Sliced(), batch_size=8)
+    message = str(info.value)
+    assert message.startswith("Sliced cannot be gathered inside the pipeline's compiled step")
+    assert "Sliced.get_records(indices)" in message and "int32[8]" in message
+    assert "get_batch_at(start, size)" in message and "dynamic_slice_in_dim" in message
+    assert "Original error: IndexError: Slice entries must be static" in message
+    assert isinstance(info.value.__cause__, IndexError)
+
+
+def test_seed_example_source_is_host_only_and_refused_with_the_recipe():
+    source = MyDataSource(MyDataSourceConfig(required_param=1), _records(5))
+    with pytest.raises(TypeError, match=r"MyDataSource cannot be gathered.*ConcretizationTypeError") as info:
+        check_source_traceable(source, batch_size=2)
+    assert isinstance(info.value.__cause__, jax.errors.ConcretizationTypeError)
+
+
+def test_source_with_neither_method_is_refused():
+    class Nothing(DataSourceModule):
+        def element_spec(self):
+            return {}
+
+    with pytest.raises(TypeError, match=r"Nothing cannot be gathered.*NotImplementedError: Nothing does not support"):
+        check_source_traceable(Nothing(StructuralConfig()), batch_size=2)
+
+
+def test_overridden_get_records_needs_no_get_batch_at():
+    class Taken(Sliced):
+        get_batch_at = DataSourceModule.get_batch_at
+
+        def get_records(self, indices):
+            return {"v": jnp.take(self.values, indices, axis=0)}
+
+    check_source_traceable(Taken(), batch_size=3)
+
+
+def test_get_records_that_disagrees_with_element_spec_is_refused():
+    class WrongDtype(DynamicSliced):
+        def element_spec(self):
+            return {"v": jax.ShapeDtypeStruct((), jnp.float32), "pair": (jax.ShapeDtypeStruct((2,), jnp.int32),)}
+
+    class WrongKeys(DynamicSliced):
+        def element_spec(self):
+            return {"v": jax.ShapeDtypeStruct((), jnp.int32)}
+
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "WrongDtype.get_records returns int32[4] at ['v'] but element_spec() batched to 4 is float32[4]"
+        ),
+    ):
+        check_source_traceable(WrongDtype(), batch_size=4)
+    with pytest.raises(ValueError, match="WrongKeys.get_records returns the structure"):
+        check_source_traceable(WrongKeys(), batch_size=4)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, True, 2.0, None])
+def test_bad_batch_size_is_refused(batch_size):
+    with pytest.raises(
+        ValueError, match=f"check_source_traceable: batch_size must be a positive int, got {batch_size!r}"
+    ):
+        check_source_traceable(DynamicSliced(), batch_size)
+
+
+def test_non_source_is_refused():
+    with pytest.raises(TypeError, match="source must be a DataSourceModule, got dict"):
+        check_source_traceable({"x": np.arange(3)}, 2)
+
+
 def test_doctests():
-    result = doctest.testmod(data_source_module)
+    result = doctest.testmod(data_source_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0

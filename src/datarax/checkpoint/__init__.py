@@ -1,5 +1,5 @@
-"""Checkpointing of datarax state (see ``datarax.checkpoint.handler``)."""
+"""Checkpointing of datarax state (see ``datarax.checkpoint.handlers``)."""
 
-from datarax.checkpoint.handler import OrbaxCheckpointHandler
+from datarax.checkpoint.handlers import OrbaxCheckpointHandler
 
 __all__ = ["OrbaxCheckpointHandler"]

@@ -1,5 +1,5 @@
 """Data sources: where records come from."""
 
-from datarax.sources.memory import MemorySource, MemorySourceConfig
+from datarax.sources.memory_source import MemorySource, MemorySourceConfig
 
 __all__ = ["MemorySource", "MemorySourceConfig"]

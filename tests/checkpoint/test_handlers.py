@@ -1,4 +1,4 @@
-"""Tests for ``datarax.checkpoint.handler``: real Orbax checkpoints on disk, no mocks."""
+"""Tests for ``datarax.checkpoint.handlers``: real Orbax checkpoints on disk, no mocks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import doctest
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import datarax.checkpoint.handler as handler_module
+import datarax.checkpoint.handlers as handler_module
 from datarax.checkpoint import OrbaxCheckpointHandler
 from datarax.core.config import DataraxModuleConfig
 from datarax.core.module import DataraxModule
@@ -289,7 +290,7 @@ def test_structure_mismatch_raises_and_leaves_target_unchanged(tmp_path):
 _RESTORE_SCRIPT = """
 import sys
 sys.path.insert(0, {tests_dir!r})
-from test_handler import Model, checksum
+from test_handlers import Model, checksum
 from datarax.checkpoint import OrbaxCheckpointHandler
 with OrbaxCheckpointHandler({directory!r}) as handler:
     model = Model(seed=99)
@@ -368,3 +369,87 @@ def test_invalid_items(tmp_path):
 def test_docstring_example():
     result = doctest.testmod(handler_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- damaged checkpoints on disk ----------------------------------------------------------------------
+
+
+def _write_truncated(path: Path) -> None:
+    text = path.read_bytes()
+    path.write_bytes(text[: len(text) // 2])
+
+
+def _write_garbage(path: Path) -> None:
+    path.write_bytes(b"\x00\xff\xfe not json at all")
+
+
+def _write_other_json(path: Path) -> None:
+    path.write_text('{"format": "something else", "state": {}}')
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "what"),
+    [
+        (_write_truncated, ValueError, "truncated or not JSON.*JSONDecodeError"),
+        (_write_garbage, ValueError, "truncated or not JSON.*UnicodeDecodeError"),
+        (_write_other_json, ValueError, "is not a datarax.checkpoint/1 document"),
+        (Path.unlink, FileNotFoundError, "is missing"),
+    ],
+    ids=["truncated", "garbage", "other-json", "deleted"],
+)
+def test_damaged_json_names_step_item_and_file_and_changes_nothing(tmp_path, damage, error, what):
+    model, it = trained_model(), ToyIterator()
+    next(it)
+    with OrbaxCheckpointHandler(tmp_path) as handler:
+        handler.save(3, {"model": model, "iterator": it})
+    json_file = tmp_path / "3" / "iterator.json" / "metadata"
+    damage(json_file)
+    fresh_model, fresh_it = Model(seed=9), ToyIterator(seed=4)
+    before = fresh_model.get_state(), fresh_it.get_state()
+    with OrbaxCheckpointHandler(tmp_path) as handler, pytest.raises(error, match=what) as info:
+        handler.restore({"model": fresh_model, "iterator": fresh_it})
+    message = str(info.value)
+    assert "item 'iterator' of step 3" in message
+    assert str(json_file) in message
+    assert_tree_equal(fresh_model.get_state(), before[0])
+    assert fresh_it.get_state() == before[1]
+    # The undamaged item of the same step still restores on its own.
+    with OrbaxCheckpointHandler(tmp_path) as handler:
+        handler.restore({"model": fresh_model})
+    assert_tree_equal(fresh_model.get_state(), model.get_state())
+
+
+@pytest.mark.parametrize("damage", ["delete-arrays", "truncate-arrays"])
+def test_damaged_arrays_name_step_item_and_directory(tmp_path, damage):
+    with OrbaxCheckpointHandler(tmp_path) as handler:
+        handler.save(2, {"model": trained_model()})
+    array_dir = tmp_path / "2" / "model.arrays"
+    if damage == "delete-arrays":
+        shutil.rmtree(array_dir)
+    else:
+        for path in array_dir.rglob("*"):
+            if path.is_file():
+                path.write_bytes(path.read_bytes()[:3])
+    fresh = Model(seed=9)
+    before = fresh.get_state()
+    with OrbaxCheckpointHandler(tmp_path) as handler, pytest.raises(ValueError) as info:
+        handler.restore({"model": fresh})
+    message = str(info.value)
+    assert "item 'model' of step 2" in message and str(array_dir) in message and "missing or corrupt" in message
+    assert_tree_equal(fresh.get_state(), before)
+
+
+def test_json_and_arrays_that_disagree_are_refused(tmp_path):
+    with OrbaxCheckpointHandler(tmp_path) as handler:
+        handler.save(1, Recorder({"a": np.arange(6, dtype=np.int32)}))
+    json_file = tmp_path / "1" / "default.json" / "metadata"
+    doc = json.loads(json_file.read_text())
+    doc["state"]["a"]["shape"] = [2, 3]
+    json_file.write_text(json.dumps(doc))
+    target = Recorder("untouched")
+    with (
+        OrbaxCheckpointHandler(tmp_path) as handler,
+        pytest.raises(ValueError, match=r"int32\[6\] on disk but int32\[2, 3\]"),
+    ):
+        handler.restore(target)
+    assert target.state == "untouched"

@@ -1,4 +1,4 @@
-"""Tests for datarax.sources.memory.MemorySource."""
+"""Tests for datarax.sources.memory_source.MemorySource."""
 
 import doctest
 
@@ -10,9 +10,10 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import datarax.sources.memory as memory_module
+import datarax.sources.memory_source as memory_module
 from datarax.batching import DefaultBatcher, DefaultBatcherConfig
-from datarax.core.batcher import VALID_MASK, BatcherModule
+from datarax.core.batch_form import VALID_MASK
+from datarax.core.batcher import BatcherModule
 from datarax.core.config import StructuralConfig
 from datarax.core.spec import conforms
 from datarax.sources import MemorySource, MemorySourceConfig
@@ -117,6 +118,64 @@ def test_element_spec_reports_the_stored_dtype_for_64_bit_input():
     batch = source.get_batch_at(0, 2)
     assert spec["x"].dtype == batch["x"].dtype
     assert spec["i"].dtype == batch["i"].dtype
+
+
+# --- 64-bit columns -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "stored", "bad"),
+    [
+        ([2**40 + 5, 3], np.int64, "int32", 2**40 + 5),
+        ([0, -(2**31) - 1], np.int64, "int32", -(2**31) - 1),
+        ([2**31, 1], np.int64, "int32", 2**31),
+        ([2**33, 1], np.uint64, "uint32", 2**33),
+        ([1.0, -1e300], np.float64, "float32", -1e300),
+        ([1.0, 1j * 1e39], np.complex128, "complex64", 1e39),
+    ],
+)
+def test_values_that_would_wrap_or_overflow_without_x64_are_refused(values, dtype, stored, bad):
+    with pytest.raises(ValueError) as info:
+        MemorySource(MemorySourceConfig(), data={"x": np.zeros(2), "id": np.array(values, dtype)})
+    message = str(info.value)
+    assert f"column 'id' ({np.dtype(dtype)}) holds {bad}, which does not fit the {stored}" in message
+    assert 'jax.config.update("jax_enable_x64", True)' in message and "cast the column" in message
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_64_bit_integers_that_fit_are_stored_exactly_in_32_bits(dtype):
+    info = np.iinfo(np.int32 if dtype == np.int64 else np.uint32)
+    values = np.array([info.min, 0, 7, info.max], dtype)
+    source = MemorySource(MemorySourceConfig(), data={"id": values})
+    assert source.element_spec()["id"].dtype == jax.dtypes.canonicalize_dtype(dtype)
+    np.testing.assert_array_equal(np.asarray(source.get_records(np.arange(4))["id"]).astype(dtype), values)
+
+
+def test_float64_is_narrowed_to_float32_as_documented():
+    values = np.array([0.1, np.inf, 1.0 + 2.0**-40, np.nan, 3e38])
+    source = MemorySource(MemorySourceConfig(), data={"x": values})
+    assert source.element_spec()["x"].dtype == jnp.float32
+    np.testing.assert_array_equal(source.get_batch_at(0, 5)["x"], values.astype(np.float32))
+    assert "64-bit columns" in memory_module.__doc__ and "float64" in memory_module.__doc__
+
+
+def test_with_x64_enabled_nothing_is_narrowed():
+    with jax.enable_x64(True):
+        data = {
+            "id": np.array([2**40 + 5, 3, -(2**40)], np.int64),
+            "u": np.array([2**63, 1, 2], np.uint64),
+            "x": np.array([0.1, 1.0 + 2.0**-40, 3.0]),
+        }
+        source = MemorySource(MemorySourceConfig(), data=data)
+        assert {k: v.dtype for k, v in source.element_spec().items()} == {
+            "id": jnp.int64,
+            "u": jnp.uint64,
+            "x": jnp.float64,
+        }
+        batch = jax.jit(source.get_records)(jnp.array([0, 2, 1]))
+        for key, column in data.items():
+            assert batch[key].dtype == column.dtype
+            np.testing.assert_array_equal(np.asarray(batch[key]), column[[0, 2, 1]])
 
 
 def test_jax_array_columns_are_accepted():
@@ -332,6 +391,15 @@ def test_wrong_config_type_is_type_error():
 
 
 def test_doctests():
-    result = doctest.testmod(memory_module)
+    result = doctest.testmod(memory_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_memory_source_passes_the_pipeline_traceability_check(source):
+    from datarax.core.data_source import check_source_traceable
+
+    for batch_size in (1, 3, 64):
+        check_source_traceable(source, batch_size)
+    mixed = {"b": np.ones((4, 2), jnp.bfloat16), "c": np.ones(4, np.complex64), "u": np.arange(4, dtype=np.uint64)}
+    check_source_traceable(MemorySource(MemorySourceConfig(), data=mixed), 8)
