@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import datarax.batching.default_batcher as default_module
 from datarax.batching import DefaultBatcher, DefaultBatcherConfig
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.core.element_batch import Batch, Element
 from datarax.core.spec import conforms, spec_mismatches, spec_of
 

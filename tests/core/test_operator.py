@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import datarax.core.operator as operator_module
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.core.config import OperatorConfig, StructuralConfig
 from datarax.core.operator import OperatorModule
 from datarax.core.prng import record_keys, stream_root_key

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.core.config import OperatorConfig
 from datarax.operators import (
     STRATEGIES,

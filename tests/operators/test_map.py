@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.operators import MapOperator, MapOperatorConfig
 
 SDS = jax.ShapeDtypeStruct

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.operators import (
     ElementOperator,
     ElementOperatorConfig,

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from datarax import Pipeline
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.core.operator import OperatorModule
 from datarax.core.prng import record_keys
 from datarax.operators import ElementOperator, ElementOperatorConfig

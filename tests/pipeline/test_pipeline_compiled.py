@@ -6,7 +6,7 @@ from flax import nnx
 from pipeline_helpers import collect, make_source, noise_op
 
 from datarax import Pipeline
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.core.config import OperatorConfig
 from datarax.core.operator import OperatorModule
 

@@ -8,7 +8,7 @@ from flax import nnx
 from pipeline_helpers import collect, make_source
 
 from datarax import Pipeline
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.operators import ElementOperator, ElementOperatorConfig
 from datarax.pipeline import validate_dag
 from datarax.typing import Checkpointable

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pipeline_helpers import collect, make_source, valid_labels
 
 from datarax import Pipeline
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.samplers import feistel_permutation_np
 
 

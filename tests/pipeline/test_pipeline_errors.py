@@ -1,11 +1,15 @@
 """Pipeline constructor validation: the documented exception, naming the argument and the bad value."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from pipeline_helpers import make_source
 
 from datarax import Pipeline
+from datarax.core.config import StructuralConfig
+from datarax.core.data_source import DataSourceModule
 from datarax.operators import ElementOperator, ElementOperatorConfig
 
 
@@ -94,3 +98,27 @@ def test_errors_are_raised_before_any_compilation():
     with pytest.raises(ValueError, match="batch_size"):
         _build(stages=[op], batch_size=0)
     assert traces == []  # argument checks come before the spec checks trace anything
+
+
+class _PythonSlicedSource(DataSourceModule):
+    """A source whose get_batch_at slices with a Python int: it cannot run inside the compiled step."""
+
+    def __init__(self):
+        super().__init__(StructuralConfig())
+        self.values = nnx.data(jnp.arange(10))
+
+    def __len__(self):
+        return 10
+
+    def element_spec(self):
+        return {"x": jax.ShapeDtypeStruct((), self.values.dtype)}
+
+    def get_batch_at(self, start, size, key=None):
+        start = int(start)  # concretizes: fails on a traced start
+        return {"x": self.values[start : start + size]}
+
+
+def test_an_untraceable_source_is_refused_at_construction_with_the_recipe():
+    source = _PythonSlicedSource()
+    with pytest.raises(TypeError, match=r"_PythonSlicedSource.*get_records"):
+        _build(source=source)

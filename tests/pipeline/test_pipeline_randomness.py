@@ -8,7 +8,7 @@ from flax import nnx
 from pipeline_helpers import collect, expected_noise, make_source, noise_op, to_numpy
 
 from datarax import Pipeline
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 
 N = 40
 EPOCHS = 2

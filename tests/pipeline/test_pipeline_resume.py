@@ -19,7 +19,7 @@ from pipeline_helpers import (
 
 from datarax import Pipeline
 from datarax.checkpoint import OrbaxCheckpointHandler
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 from datarax.typing import Checkpointable
 
 HERE = Path(__file__).resolve().parent

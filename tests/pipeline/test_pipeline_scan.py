@@ -9,7 +9,7 @@ from flax import nnx
 from pipeline_helpers import collect, make_source, noise_op
 
 from datarax import Pipeline
-from datarax.core.batcher import VALID_MASK
+from datarax.core.batch_form import VALID_MASK
 
 N, B = 11, 4  # 3 batches per epoch, the last one padded
 

@@ -19,7 +19,6 @@ Example:
     >>> import tempfile
     >>> directory = enable_compilation_cache(tempfile.mkdtemp())
     >>> import jax
-from jax.experimental.compilation_cache import compilation_cache
     >>> jax.config.jax_compilation_cache_dir == str(directory)
     True
     >>> disable_compilation_cache()

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -51,6 +51,16 @@ from datarax.pipeline.program import StepBinding
 from datarax.pipeline.stream import StreamSpec
 
 STATE_VERSION = 1
+
+
+class _Dispatched(NamedTuple):
+    """A batch computed ahead, with what it was computed from."""
+
+    epoch: int
+    batch: dict[str, jax.Array]
+    counters_before: list[Any]
+    counters_after: list[Any]
+    inputs: list[Any]  # the live state's leaves it read (parameters included)
 
 
 class PipelineIterator:
@@ -106,24 +116,34 @@ class PipelineIterator:
             epoch, position = self._dispatch
             # Batches dispatched ahead chain their operation counters; each
             # batch's counters reach the modules when the batch is handed out.
-            counters = self._queue[-1][2] if self._queue else None
-            batch, counters = self._binding.run(epoch, position, counters)
-            self._queue.append((epoch, batch, counters))
+            before = self._queue[-1].counters_after if self._queue else self._binding.current_counters()
+            inputs = self._binding.inputs()
+            batch, after = self._binding.run(inputs, before, epoch, position)
+            self._queue.append(_Dispatched(epoch, batch, before, after, inputs))
             self._dispatch = self.stream.advance(epoch, position)
+
+    def _drop_stale(self) -> None:
+        # A parameter changed in place since the batches ahead were dispatched
+        # (an optimizer step on an operator, say): they are recomputed, so
+        # prefetching never changes what a batch holds.
+        if self._queue and not self._binding.inputs_are_current(self._queue[0].inputs):
+            self._queue.clear()
+            self._dispatch = (self._epoch, self._position)
 
     def __iter__(self) -> PipelineIterator:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
+        self._drop_stale()
         self._fill(max(1, self._prefetch))  # at least the batch handed over now
         if not self._queue:
             raise StopIteration
-        epoch, batch, counters = self._queue.popleft()  # the queue starts at the consumer's cursor
-        self._binding.store_counters(counters)
+        head = self._queue.popleft()  # the queue starts at the consumer's cursor
+        self._binding.commit_counters(head.counters_before, head.counters_after)
         self._epoch, self._position = self.stream.advance(self._epoch, self._position)
-        self._on_epoch(epoch)
+        self._on_epoch(head.epoch)
         self._fill(self._prefetch)  # keep the device busy while the consumer works
-        return batch
+        return head.batch
 
     @property
     def epoch(self) -> int:
@@ -235,8 +255,8 @@ class PipelineIterator:
         modules_graphdef, module_state = nnx.split(modules)
         binding = self._binding
         run = binding.program.scan(step_fn, modules_graphdef)
-        fixed, counters = binding.arguments()
-        counters, module_state, outputs = run(fixed, counters, binding.treedefs, module_state, epochs, starts)
+        inputs, counters = binding.inputs(), binding.current_counters()
+        counters, module_state, outputs = run(inputs, counters, binding.treedefs, module_state, epochs, starts)
         binding.store_counters(counters)
         nnx.update(modules, module_state)
         self._queue.clear()

@@ -56,7 +56,7 @@ from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK, batched_spec, validate_batch_size
 from datarax.core.config import DataraxModuleConfig
-from datarax.core.data_source import DataSourceModule
+from datarax.core.data_source import DataSourceModule, check_source_traceable
 from datarax.core.module import DataraxModule
 from datarax.core.operator import OperatorModule
 from datarax.core.prng import node_key, pipeline_seed
@@ -162,7 +162,8 @@ class Pipeline(DataraxModule):
         if dag_given and stages is not None:
             raise ValueError(f"Pipeline: give either stages or nodes/edges/sink, got stages and {dag_given}")
         if dag_given and len(dag_given) != 3:
-            raise ValueError(f"Pipeline: a DAG needs nodes, edges and sink together, got only {dag_given}")
+            missing = [arg for arg in ("nodes", "edges", "sink") if arg not in dag_given]
+            raise ValueError(f"Pipeline: a DAG needs nodes, edges and sink together; missing {missing}")
         cloned: tuple[str, ...] = ()
         if dag_given:
             own, cloned = _own_nodes(nodes)
@@ -182,6 +183,7 @@ class Pipeline(DataraxModule):
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"Pipeline: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}")
         num_records = _record_count(source, batch_size, drop_remainder)
+        check_source_traceable(source, batch_size)  # fail here, not at the first batch
         key_names = {
             node: key for node, key in _key_names(own, linear=not dag_given).items() if not own[node].has_own_rngs
         }

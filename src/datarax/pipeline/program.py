@@ -272,29 +272,50 @@ class StepBinding:
         values = [v.get_raw_value() if isinstance(v, nnx.Variable) else v for v in self._fixed_entries]
         return jax.tree.leaves(values)
 
-    def arguments(self) -> tuple[list[Any], list[Any]]:
-        """The ``(fixed, counters)`` leaves to call the program with."""
+    def inputs(self) -> list[Any]:
+        """The live state's leaves (everything but the counters) to call the program with."""
         fixed = self._fixed_values()
         if len(fixed) != self._num_fixed:  # a variable changed structure (e.g. statistics set)
             self._bind()
             fixed = self._fixed_values()
-        return fixed, [v.get_raw_value() for v in self._counter_vars]
+        return fixed
+
+    def inputs_are_current(self, inputs: Sequence[Any]) -> bool:
+        """True if the live state still holds exactly ``inputs`` (JAX arrays are immutable)."""
+        current = self._fixed_values()
+        return len(current) == len(inputs) and all(a is b for a, b in zip(current, inputs, strict=True))
+
+    def current_counters(self) -> list[Any]:
+        """The modules' operation counters now."""
+        return [v.get_raw_value() for v in self._counter_vars]
 
     def store_counters(self, counters: Sequence[Any]) -> None:
         """Writes the counters a program call returned back into the modules."""
         for var, value in zip(self._counter_vars, counters, strict=True):
             var.set_raw_value(value)
 
-    def run(self, epoch: Any, start: Any, counters: Sequence[Any] | None = None) -> tuple[dict[str, jax.Array], Any]:
-        """Computes one batch; returns it with the counters after it (not yet stored).
+    def commit_counters(self, before: Sequence[Any], after: Sequence[Any]) -> None:
+        """Stores the counters of a batch computed from ``before`` ahead of time.
 
-        Args:
-            epoch: The batch's epoch.
-            start: Its first row's epoch position.
-            counters: The counters to continue from (None: the modules' current ones).
+        Normally the modules still hold ``before`` (the same arrays), and
+        ``after`` is stored as it is. If the counters were changed meanwhile
+        (``reset_operation_stats``, a restored checkpoint), only the batch's
+        own increments are added to what they hold now.
         """
-        fixed, current = self.arguments()
-        return self.program.step(fixed, current if counters is None else counters, self.treedefs, epoch, start)
+        current = self.current_counters()
+        if all(c is b for c, b in zip(current, before, strict=True)):
+            self.store_counters(after)
+        else:
+            self.store_counters([c + (a - b) for c, b, a in zip(current, before, after, strict=True)])
+
+    def run(
+        self, inputs: Sequence[Any], counters: Sequence[Any], epoch: Any, start: Any
+    ) -> tuple[dict[str, jax.Array], list[Any]]:
+        """Computes one batch from ``inputs`` and ``counters``; returns it with the counters after it.
+
+        Nothing is stored: the caller commits the counters when the batch is handed out.
+        """
+        return self.program.step(list(inputs), list(counters), self.treedefs, epoch, start)
 
 
 __all__ = ["PROGRAMS", "ProgramCache", "StepBinding", "StepPlan", "StepProgram", "compute_batch"]
