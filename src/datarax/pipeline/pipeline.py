@@ -54,59 +54,28 @@ import jax
 import numpy as np
 from flax import nnx
 
-from datarax.core.batch_form import VALID_MASK, batched_spec, validate_batch_size
+from datarax.core.batch_form import batched_spec, validate_batch_size
 from datarax.core.config import DataraxModuleConfig
 from datarax.core.data_source import DataSourceModule, check_source_traceable
 from datarax.core.module import DataraxModule
 from datarax.core.operator import OperatorModule
-from datarax.core.prng import node_key, pipeline_seed
+from datarax.core.prng import node_key
 from datarax.core.spec import spec_to_str
 from datarax.core.validation import boolean, non_negative_int, optional_positive_int
-from datarax.pipeline.dag import SOURCE, DagGraph, validate_dag
+from datarax.pipeline.construction import (
+    element_specs,
+    key_names,
+    linear_graph,
+    own_nodes,
+    pipeline_seed_for,
+    record_count,
+)
+from datarax.pipeline.dag import validate_dag
 from datarax.pipeline.fingerprint import crc32_text, describe_module
 from datarax.pipeline.iterator import PipelineIterator
-from datarax.pipeline.program import PROGRAMS, StepBinding, StepPlan, StepProgram, compute_batch, merge_inputs
+from datarax.pipeline.program import PROGRAMS, StepBinding, StepPlan, StepProgram, compute_batch
 from datarax.pipeline.stream import StreamSpec
 from datarax.samplers import SequentialSampler, SequentialSamplerConfig, ShuffleSampler, ShuffleSamplerConfig
-
-
-def _linear_graph(stages: Any) -> tuple[dict[str, Any], DagGraph]:
-    if isinstance(stages, OperatorModule) or not isinstance(stages, Sequence):
-        raise TypeError(f"Pipeline: stages must be a sequence of operators, got {type(stages).__name__}")
-    nodes = {f"stage_{i}": op for i, op in enumerate(stages)}
-    names = list(nodes)
-    graph = validate_dag(names, list(zip([SOURCE, *names], names)), names[-1] if names else SOURCE)
-    return nodes, graph
-
-
-def _own_nodes(nodes: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """Nodes with every operator object used twice replaced by a clone, and the cloned nodes."""
-    if not isinstance(nodes, Mapping):
-        raise TypeError(f"Pipeline: nodes must be a mapping of name to operator, got {type(nodes).__name__}")
-    seen: set[int] = set()
-    own, cloned = {}, []
-    for node, op in nodes.items():
-        if id(op) in seen and isinstance(op, OperatorModule):
-            op = op.clone()
-            cloned.append(node)
-        seen.add(id(op))
-        own[node] = op
-    return own, tuple(cloned)
-
-
-def _key_names(nodes: Mapping[str, OperatorModule], linear: bool) -> dict[str, str]:
-    """The name each stochastic node's key is derived from (see the module docstring)."""
-    if not linear:
-        return {node: node for node, op in nodes.items() if op.stochastic}
-    names: dict[str, str] = {}
-    used: dict[str, int] = {}
-    for node, op in nodes.items():
-        if op.stochastic:
-            base = op.name or op.stream_name
-            count = used.get(base, 0)
-            used[base] = count + 1
-            names[node] = base if count == 0 else f"{base}#{count}"
-    return names
 
 
 class Pipeline(DataraxModule):
@@ -166,10 +135,10 @@ class Pipeline(DataraxModule):
             raise ValueError(f"Pipeline: a DAG needs nodes, edges and sink together; missing {missing}")
         cloned: tuple[str, ...] = ()
         if dag_given:
-            own, cloned = _own_nodes(nodes)
+            own, cloned = own_nodes(nodes)
             graph = validate_dag(list(own), edges, sink)
         else:
-            own, graph = _linear_graph(() if stages is None else stages)
+            own, graph = linear_graph(() if stages is None else stages)
         if not isinstance(source, DataSourceModule):
             raise TypeError(f"Pipeline: source must be a DataSourceModule, got {type(source).__name__}")
         for node, op in own.items():
@@ -182,12 +151,12 @@ class Pipeline(DataraxModule):
         prefetch = non_negative_int("Pipeline", "prefetch", prefetch)
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"Pipeline: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}")
-        num_records = _record_count(source, batch_size, drop_remainder)
+        num_records = record_count(source, batch_size, drop_remainder)
         check_source_traceable(source, batch_size)  # fail here, not at the first batch
-        key_names = {
-            node: key for node, key in _key_names(own, linear=not dag_given).items() if not own[node].has_own_rngs
+        derived = {
+            node: key for node, key in key_names(own, linear=not dag_given).items() if not own[node].has_own_rngs
         }
-        seed = _seed(rngs, shuffle, key_names)
+        seed = pipeline_seed_for(rngs, shuffle, derived)
 
         super().__init__(DataraxModuleConfig(), name=name)
         self.source = source
@@ -204,11 +173,11 @@ class Pipeline(DataraxModule):
             batch_size=batch_size,
             node_keys=tuple(
                 (node, tuple(int(w) for w in np.asarray(jax.random.key_data(node_key(seed, key)))))
-                for node, key in key_names.items()
+                for node, key in derived.items()
             ),
             own_key_salts=tuple((n, zlib.crc32(n.encode())) for n in cloned if own[n].has_own_rngs),
         )
-        self._check_specs()
+        element_specs(self.source, self.nodes, self.graph)
         self.stream = StreamSpec(
             num_records=num_records,
             batch_size=batch_size,
@@ -266,35 +235,6 @@ class Pipeline(DataraxModule):
 
     # -- construction-time checks ---------------------------------------------
 
-    def _check_specs(self) -> dict[str, Any]:
-        specs = {SOURCE: self.source.element_spec()}
-        for node in self.graph.order:
-            parts = [specs[p] for p in self.graph.inputs[node]]
-            for key in set().union(*map(set, parts)):
-                seen = {spec_to_str(p[key]) for p in parts if key in p}
-                if len(seen) > 1:
-                    raise ValueError(
-                        f"Pipeline: node {node!r} receives key {key!r} with different specs {sorted(seen)}"
-                    )
-            spec_in = merge_inputs(parts)
-            op = self.nodes[node]
-            try:
-                spec_out = op.output_spec(spec_in)
-            except Exception as error:  # noqa: BLE001 - re-raised with context
-                raise ValueError(
-                    f"Pipeline: stage {node!r} ({type(op).__name__}) cannot take the element "
-                    f"{spec_to_str(spec_in)}: {type(error).__name__}: {error}"
-                ) from error
-            if not isinstance(spec_out, Mapping):
-                raise ValueError(
-                    f"Pipeline: stage {node!r} ({type(op).__name__}) must return a dict element, "
-                    f"got {spec_to_str(spec_out)}"
-                )
-            if VALID_MASK in spec_out:
-                raise ValueError(f"Pipeline: stage {node!r} outputs the reserved key {VALID_MASK!r}")
-            specs[node] = dict(spec_out)
-        return specs
-
     # -- shape of the stream --------------------------------------------------
 
     @property
@@ -332,7 +272,7 @@ class Pipeline(DataraxModule):
 
     def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The spec of one output element (the sink's output)."""
-        return dict(self._check_specs()[self.graph.sink])
+        return dict(element_specs(self.source, self.nodes, self.graph)[self.graph.sink])
 
     def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The spec of every batch: ``element_spec`` batched, plus ``valid_mask``."""
@@ -431,35 +371,6 @@ class Pipeline(DataraxModule):
         continue the stream into the next epochs.
         """
         return (iterator or self.scan_iterator).scan(step_fn, length=length, modules=modules)
-
-
-def _record_count(source: DataSourceModule, batch_size: int, drop_remainder: bool) -> int:
-    try:
-        num_records = len(source)
-    except TypeError as error:
-        raise TypeError(f"Pipeline: source {type(source).__name__} must define __len__") from error
-    if num_records <= 0:
-        raise ValueError(f"Pipeline: source has {num_records} records; expected at least one")
-    if drop_remainder and num_records < batch_size:
-        raise ValueError(
-            f"Pipeline: drop_remainder=True with batch_size={batch_size} but the source has only "
-            f"{num_records} records, so no batch would ever be produced"
-        )
-    return num_records
-
-
-def _seed(rngs: nnx.Rngs | None, shuffle: bool, key_names: Mapping[str, str]) -> int:
-    if rngs is not None:
-        return pipeline_seed(rngs)
-    if shuffle:
-        raise ValueError("Pipeline: shuffle=True needs rngs, the pipeline's seed (e.g. rngs=nnx.Rngs(0))")
-    if key_names:
-        node = next(iter(key_names))
-        raise ValueError(
-            f"Pipeline: stage {node!r} is stochastic and has no rngs of its own, so it draws from the "
-            "pipeline seed: pass rngs=nnx.Rngs(seed) to the Pipeline"
-        )
-    return 0
 
 
 __all__ = ["Pipeline"]
