@@ -24,19 +24,14 @@ Saves run asynchronously: ``save`` returns once the data has been captured
 (numpy arrays are copied, jax arrays are immutable) and ``wait_until_finished``
 or ``close`` waits for the write.
 
-**Why the state is split.** A state dict mixes arrays (parameters, raw PRNG
-key data, counters, statistics) with plain Python values (an iterator's
-``epoch``, ``position``, a ``None`` stop epoch). Storing Python values as
-arrays would turn ``3`` into a 0-d array and ``None`` into nothing, so each
-item is split in two: the arrays go to an Orbax PyTree checkpoint (tensorstore,
-exact dtypes and shapes) and everything else, plus the nested structure with a
-placeholder where each array was, goes to a JSON document. Restoring reads the
-JSON first, asks Orbax for exactly the arrays it names (as numpy arrays) and
-rebuilds the original nesting: ints stay ints, ``None`` stays ``None``. Neither
-format runs code on load (no pickle). Tuples come back as lists, integer dict
-keys as strings, typed PRNG keys and numpy scalars as numpy arrays (uint32 key
-data / 0-d); ``DataraxModule.set_state`` accepts all of these, and NNX objects
-get their keys re-wrapped with their own PRNG implementation.
+**Why the state is split.** A state dict mixes arrays with plain Python
+values (an iterator's ``epoch``, a ``None`` stop epoch), so each item is split
+in two (``datarax.checkpoint.item_state``): the arrays go to an Orbax PyTree
+checkpoint (tensorstore, exact dtypes and shapes) and everything else, plus the
+nested structure with a placeholder where each array was, goes to a JSON
+document. Restoring reads the JSON first, asks Orbax for exactly the arrays it
+names (as numpy arrays) and rebuilds the original nesting. Neither format runs
+code on load (no pickle).
 
 On-disk layout (``name`` is ``"default"`` for a single item, otherwise the
 mapping key; each sub-directory is one entry of an ``ocp.args.Composite``)::
@@ -93,32 +88,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
 
+from datarax.checkpoint.item_state import (
+    VIA_PROTOCOL,
+    Item,
+    apply_state,
+    array_indices,
+    join,
+    prepare,
+    snapshot,
+    split,
+    state_via,
+    take_state,
+)
 from datarax.core.validation import is_int, non_negative_int, optional_positive_int
-from datarax.typing import Checkpointable
 
-Item = Checkpointable | nnx.Module | nnx.Optimizer
 Items = Item | Mapping[str, Item]
 FORMAT = "datarax.checkpoint/1"
-_MARK = "__array__"
 _OWNER = "OrbaxCheckpointHandler"
-# How an item's state is taken and given back (the "via" field of its JSON document).
-_VIA_PROTOCOL = "get_state"
-_VIA_NNX = "nnx.state"
-
-
-def _via(item: Any) -> str | None:
-    # A datarax module is both; its own get_state/set_state defines its state.
-    if isinstance(item, Checkpointable):
-        return _VIA_PROTOCOL
-    if isinstance(item, nnx.Pytree):
-        return _VIA_NNX
-    return None
 
 
 def _items(items: Any) -> dict[str, Any]:
@@ -129,159 +118,12 @@ def _items(items: Any) -> dict[str, Any]:
     for name, item in items.items():
         if not isinstance(name, str) or not name or "/" in name:
             raise TypeError(f"{_OWNER}: item name {name!r} must be a non-empty str without '/'")
-        if _via(item) is None:
+        if state_via(item) is None:
             raise TypeError(
                 f"{_OWNER}: item {name!r} ({type(item).__name__}) is not Checkpointable (needs get_state "
                 "and set_state) nor a Flax NNX object (nnx.Module, nnx.Optimizer)"
             )
     return dict(items)
-
-
-def _split(value: Any, arrays: dict[str, Any], where: str) -> Any:
-    """Returns the JSON skeleton of ``value``, moving its arrays into ``arrays``."""
-    if isinstance(value, jax.Array | np.ndarray | np.generic):
-        if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
-            value = jax.random.key_data(value)
-        if not isinstance(value, jax.Array):
-            value = np.array(value)  # a copy: the async save must not see later mutations
-        mark = {_MARK: None, "dtype": str(value.dtype), "shape": list(value.shape)}
-        if value.size:
-            mark[_MARK] = len(arrays)
-            arrays[str(len(arrays))] = value
-        return mark
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Mapping):
-        out = {}
-        for key, sub in value.items():
-            if isinstance(key, bool) or not isinstance(key, str | int) or key == _MARK:
-                raise TypeError(f"{_OWNER}: unsupported key {key!r} in state at {where!r}")
-            out[str(key)] = _split(sub, arrays, f"{where}/{key}")
-        return out
-    if isinstance(value, list | tuple):
-        return [_split(sub, arrays, f"{where}/{i}") for i, sub in enumerate(value)]
-    raise TypeError(
-        f"{_OWNER}: cannot checkpoint {type(value).__name__} at {where!r}; "
-        "state may hold arrays, None, bool, int, float, str, dicts and lists"
-    )
-
-
-def _is_mark(node: Any) -> bool:
-    return isinstance(node, dict) and _MARK in node
-
-
-def _indices(skeleton: Any) -> list[Any]:
-    if _is_mark(skeleton):
-        return [] if skeleton[_MARK] is None else [skeleton[_MARK]]
-    if isinstance(skeleton, dict):
-        skeleton = list(skeleton.values())
-    if not isinstance(skeleton, list):
-        return []
-    return [i for sub in skeleton for i in _indices(sub)]
-
-
-def _join(skeleton: Any, arrays: Mapping[str, Any]) -> Any:
-    """Inverse of ``_split``; raises ``ValueError`` where the skeleton and the arrays disagree."""
-    if _is_mark(skeleton):
-        dtype, shape = jnp.dtype(skeleton["dtype"]), tuple(skeleton["shape"])
-        if skeleton[_MARK] is None:
-            return np.zeros(shape, dtype=dtype)
-        array = arrays[str(skeleton[_MARK])]
-        if array.shape != shape or array.dtype != dtype:
-            raise ValueError(
-                f"array {skeleton[_MARK]} is {array.dtype}{list(array.shape)} on disk but "
-                f"{dtype}{list(shape)} in the JSON document"
-            )
-        return array
-    if isinstance(skeleton, dict):
-        return {key: _join(sub, arrays) for key, sub in skeleton.items()}
-    if isinstance(skeleton, list):
-        return [_join(sub, arrays) for sub in skeleton]
-    return skeleton
-
-
-# -- NNX objects ---------------------------------------------------------------------------------
-
-
-def _nnx_flat(obj: Any) -> list[tuple[tuple, Any]]:
-    """``(path, variable)`` for every variable of ``obj``; the variables are the live ones."""
-    return list(nnx.to_flat_state(nnx.state(obj)))
-
-
-def _value(variable: Any) -> Any:
-    return variable.get_value() if isinstance(variable, nnx.Variable) else variable
-
-
-def _nnx_get_state(obj: Any) -> dict[str, Any]:
-    nested: dict[Any, Any] = {}
-    for path, variable in _nnx_flat(obj):
-        node = nested
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = _value(variable)
-    return nested
-
-
-def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    if isinstance(tree, dict) and not _is_mark(tree) and tree:
-        out: dict[tuple[str, ...], Any] = {}
-        for key, sub in tree.items():
-            out.update(_flatten(sub, (*prefix, str(key))))
-        return out
-    return {prefix: tree}
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, jax.Array | np.ndarray):
-        return f"{value.dtype}{list(value.shape)}"
-    return type(value).__name__
-
-
-def _restored_leaf(current: Any, saved: Any, problem: str) -> Any:
-    """``saved`` as a value of the same kind, dtype, shape and placement as ``current``."""
-    if isinstance(current, jax.Array) and jnp.issubdtype(current.dtype, jax.dtypes.prng_key):
-        expected = jax.random.key_data(current)
-        if not isinstance(saved, np.ndarray) or saved.shape != expected.shape or saved.dtype != expected.dtype:
-            raise ValueError(
-                f"{problem}: PRNG key data {_describe(saved)} in the checkpoint, expected {_describe(expected)}"
-            )
-        key = jax.random.wrap_key_data(saved, impl=jax.random.key_impl(current))
-        return jax.device_put(key, current.sharding)
-    if isinstance(current, jax.Array | np.ndarray):
-        if not isinstance(saved, np.ndarray) or saved.shape != current.shape or saved.dtype != current.dtype:
-            raise ValueError(f"{problem}: {_describe(saved)} in the checkpoint, expected {_describe(current)}")
-        if isinstance(current, np.ndarray):
-            return saved
-        return jax.device_put(saved, current.sharding)
-    if type(saved) is not type(current):
-        raise ValueError(f"{problem}: {_describe(saved)} {saved!r} in the checkpoint, expected {_describe(current)}")
-    return saved
-
-
-def _nnx_prepare(obj: Any, state: Any, problem: str) -> nnx.State:
-    """The ``nnx.State`` that ``nnx.update`` will apply, checked against ``obj`` path by path."""
-    flat = _nnx_flat(obj)
-    current = {tuple(str(part) for part in path): (path, variable) for path, variable in flat}
-    saved = _flatten(state) if isinstance(state, dict) and state else {}
-    missing = sorted("/".join(key) for key in current.keys() - saved.keys())
-    unexpected = sorted("/".join(key) for key in saved.keys() - current.keys())
-    if missing or unexpected:
-        raise ValueError(
-            f"{problem}: the checkpoint does not have the structure of {type(obj).__name__}; "
-            f"missing paths {missing}, unexpected paths {unexpected}"
-        )
-    updates = []
-    for key, (path, variable) in current.items():
-        value = _restored_leaf(_value(variable), saved[key], f"{problem} at {'/'.join(key)!r}")
-        # A copy of the variable: the live object is untouched until nnx.update.
-        updates.append((path, variable.replace(value) if isinstance(variable, nnx.Variable) else value))
-    return nnx.from_flat_state(updates)
-
-
-def _nnx_snapshot(obj: Any) -> nnx.State:
-    return nnx.from_flat_state(
-        [(path, v.replace(v.get_value()) if isinstance(v, nnx.Variable) else v) for path, v in _nnx_flat(obj)]
-    )
 
 
 class OrbaxCheckpointHandler:
@@ -327,12 +169,11 @@ class OrbaxCheckpointHandler:
         step, items = non_negative_int(_OWNER, "step", step), _items(items)
         args: dict[str, Any] = {}
         for name, item in items.items():
-            via = _via(item)
-            state = item.get_state() if via == _VIA_PROTOCOL else _nnx_get_state(item)
+            via = state_via(item)
+            state = take_state(item)
             if not isinstance(state, Mapping):
                 raise TypeError(f"{_OWNER}: get_state of {name!r} returned {type(state).__name__}, not a dict")
-            arrays: dict[str, Any] = {}
-            skeleton = _split(state, arrays, name)
+            skeleton, arrays = split(_OWNER, name, state)
             kind = f"{type(item).__module__}.{type(item).__qualname__}"
             doc = {"format": FORMAT, "type": kind, "via": via, "state": skeleton}
             args[f"{name}.json"] = ocp.args.JsonSave(doc)
@@ -364,7 +205,7 @@ class OrbaxCheckpointHandler:
         doc = doc[f"{name}.json"]
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("state"), dict):
             raise ValueError(f"{where}: {json_file} is not a {FORMAT} document")
-        indices = _indices(doc["state"])
+        indices = array_indices(doc["state"])
         if not all(is_int(i) and i >= 0 for i in indices):
             raise ValueError(f"{where}: {json_file} names invalid arrays {indices}")
         arrays: dict[str, Any] = {}
@@ -374,7 +215,7 @@ class OrbaxCheckpointHandler:
                 restore_args = {str(i): ocp.RestoreArgs(restore_type=np.ndarray) for i in indices}
                 args = ocp.args.Composite(**{f"{name}.arrays": ocp.args.PyTreeRestore(restore_args=restore_args)})
                 arrays = self._manager.restore(step, args=args)[f"{name}.arrays"]
-            state = _join(doc["state"], arrays)
+            state = join(doc["state"], arrays)
         except Exception as error:  # noqa: BLE001 - Orbax and tensorstore raise many types; all mean unreadable
             raise ValueError(
                 f"{where}: its arrays in {array_dir} are missing or corrupt ({type(error).__name__}: {error})"
@@ -423,27 +264,24 @@ class OrbaxCheckpointHandler:
         states: dict[str, Any] = {}
         for name, item in items.items():
             doc, state = self._read(step, name)
-            via, saved_via = _via(item), doc.get("via", _VIA_PROTOCOL)
+            via, saved_via = state_via(item), doc.get("via", VIA_PROTOCOL)
             problem = f"{_OWNER}: item {name!r} of step {step}"
             if via != saved_via:
                 raise ValueError(
                     f"{problem} was saved from {doc.get('type')} via {saved_via}; it cannot be restored "
                     f"into {type(item).__name__}, which is restored via {via}"
                 )
-            states[name] = _nnx_prepare(item, state, problem) if via == _VIA_NNX else state
+            states[name] = prepare(item, state, problem)
 
-        previous = {
-            name: item.get_state() if _via(item) == _VIA_PROTOCOL else _nnx_snapshot(item)
-            for name, item in items.items()
-        }
+        previous = {name: snapshot(item) for name, item in items.items()}
         tried: list[str] = []
         try:
             for name, item in items.items():
                 tried.append(name)
-                _apply(item, states[name])
+                apply_state(item, states[name])
         except Exception:
             for name in tried:  # put back every item touched by this call
-                _apply(items[name], previous[name])
+                apply_state(items[name], previous[name])
             raise
         return step
 
@@ -463,13 +301,6 @@ class OrbaxCheckpointHandler:
 
     def __repr__(self) -> str:
         return f"{_OWNER}({str(self.directory)!r}, steps={self.all_steps()})"
-
-
-def _apply(item: Any, state: Any) -> None:
-    if _via(item) == _VIA_PROTOCOL:
-        item.set_state(state)
-    else:
-        nnx.update(item, state)
 
 
 __all__ = ["OrbaxCheckpointHandler"]
