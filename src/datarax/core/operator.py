@@ -134,7 +134,19 @@ class OperatorModule(DataraxModule):
         """
         return self.apply(element, key), jnp.array([[True, False]])
 
-    def apply_batch(self, batch: Mapping[str, Any], keys: jax.Array | None = None) -> dict[str, Any]:
+    @property
+    def counts_every_record(self) -> bool:
+        """True if this operator transforms every record it sees and counts no children.
+
+        Its counters then follow from the number of valid rows alone, which
+        the pipeline knows on the host, so its compiled step computes nothing
+        for them.
+        """
+        return type(self).apply_counted is OperatorModule.apply_counted
+
+    def apply_batch(
+        self, batch: Mapping[str, Any], keys: jax.Array | None = None, *, count: bool = True
+    ) -> dict[str, Any]:
         """Applies ``apply`` to every row of ``batch`` with ``jax.vmap``, counting valid rows.
 
         Every counted operator's ``_applied_count`` / ``_skipped_count`` grows
@@ -148,6 +160,9 @@ class OperatorModule(DataraxModule):
             batch: Dict of arrays with a leading batch axis; a ``valid_mask``
                 entry is passed through untouched.
             keys: One key per row (required when stochastic).
+            count: False leaves the counters alone (a caller that counts
+                the rows itself, as the pipeline does for
+                ``counts_every_record`` operators).
 
         Returns:
             The transformed batch dict (with ``valid_mask`` if given).
@@ -162,7 +177,8 @@ class OperatorModule(DataraxModule):
             out, flags = jax.vmap(self.apply_counted)(data, keys)
         else:
             out, flags = jax.vmap(lambda element: self.apply_counted(element, None))(data)
-        self._count(flags, batch.get(VALID_MASK))
+        if count:
+            self._count(flags, batch.get(VALID_MASK))
         if VALID_MASK in batch:
             out = {**out, VALID_MASK: batch[VALID_MASK]}
         return out

@@ -43,11 +43,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 from flax import nnx
 
 from datarax.core.validation import is_int, positive_int
-from datarax.pipeline.program import StepBinding
+from datarax.pipeline.binding import StepBinding
+from datarax.pipeline.records import RecordSchedule
 from datarax.pipeline.stream import StreamSpec
 
 STATE_VERSION = 1
@@ -58,8 +58,8 @@ class _Dispatched(NamedTuple):
 
     epoch: int
     batch: dict[str, jax.Array]
-    counters_before: list[Any]
-    counters_after: list[Any]
+    increments: Any  # counter increments of the operators counted on the device
+    valid_rows: int
     inputs: list[Any]  # the live state's leaves it read (parameters included)
 
 
@@ -71,6 +71,7 @@ class PipelineIterator:
     Args:
         stream: The stream walked.
         binding: The compiled step bound to the pipeline's state.
+        records: The host-side record indices of the stream's batches.
         first_epoch: The epoch the iterator starts at.
         num_epochs: Epochs to run (None: forever).
         prefetch: Batches dispatched ahead of the consumer.
@@ -85,6 +86,7 @@ class PipelineIterator:
         *,
         stream: StreamSpec,
         binding: StepBinding,
+        records: RecordSchedule,
         first_epoch: int,
         num_epochs: int | None,
         prefetch: int,
@@ -93,6 +95,8 @@ class PipelineIterator:
     ):
         self.stream = stream
         self._binding = binding
+        self._records = records
+        self._reported_epoch = -1
         self._prefetch = prefetch
         self._on_epoch = on_epoch
         self._on_restore = on_restore
@@ -111,38 +115,36 @@ class PipelineIterator:
         """True when no batch is left."""
         return self._finished(self._epoch)
 
-    def _fill(self, depth: int) -> None:
+    def _fill(self, depth: int, inputs: list[Any]) -> None:
         while len(self._queue) < depth and not self._finished(self._dispatch[0]):
             epoch, position = self._dispatch
-            # Batches dispatched ahead chain their operation counters; each
-            # batch's counters reach the modules when the batch is handed out.
-            before = self._queue[-1].counters_after if self._queue else self._binding.current_counters()
-            inputs = self._binding.inputs()
-            batch, after = self._binding.run(inputs, before, epoch, position)
-            self._queue.append(_Dispatched(epoch, batch, before, after, inputs))
+            chunk, meta = self._records.batch(epoch, position)
+            batch, increments = self._binding.run(inputs, chunk, meta)
+            # The batch's counts reach the operators when it is handed out.
+            self._queue.append(_Dispatched(epoch, batch, increments, int(meta[1]), inputs))
             self._dispatch = self.stream.advance(epoch, position)
-
-    def _drop_stale(self) -> None:
-        # A parameter changed in place since the batches ahead were dispatched
-        # (an optimizer step on an operator, say): they are recomputed, so
-        # prefetching never changes what a batch holds.
-        if self._queue and not self._binding.inputs_are_current(self._queue[0].inputs):
-            self._queue.clear()
-            self._dispatch = (self._epoch, self._position)
 
     def __iter__(self) -> PipelineIterator:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        self._drop_stale()
-        self._fill(max(1, self._prefetch))  # at least the batch handed over now
+        inputs = self._binding.inputs()
+        if self._queue and self._queue[0].inputs is not inputs:
+            # A parameter changed in place since the batches ahead were
+            # dispatched (an optimizer step on an operator, say): they are
+            # recomputed, so prefetching never changes what a batch holds.
+            self._queue.clear()
+            self._dispatch = (self._epoch, self._position)
+        self._fill(max(1, self._prefetch), inputs)  # at least the batch handed over now
         if not self._queue:
             raise StopIteration
         head = self._queue.popleft()  # the queue starts at the consumer's cursor
-        self._binding.commit_counters(head.counters_before, head.counters_after)
+        self._binding.commit(head.increments, head.valid_rows)
         self._epoch, self._position = self.stream.advance(self._epoch, self._position)
-        self._on_epoch(head.epoch)
-        self._fill(self._prefetch)  # keep the device busy while the consumer works
+        if head.epoch != self._reported_epoch:
+            self._on_epoch(head.epoch)
+            self._reported_epoch = head.epoch
+        self._fill(self._prefetch, inputs)  # keep the device busy while the consumer works
         return head.batch
 
     @property
@@ -250,17 +252,10 @@ class PipelineIterator:
         remaining = sum(not self._finished(epoch) for epoch, _ in schedule)
         if remaining < length:
             raise ValueError(f"scan: length={length} but only {remaining} batches remain")
-        epochs = np.array([e for e, _ in schedule], dtype=np.int32)
-        starts = np.array([p for _, p in schedule], dtype=np.int32)
-        modules_graphdef, module_state = nnx.split(modules)
-        binding = self._binding
-        run = binding.program.scan(step_fn, modules_graphdef)
-        inputs, counters = binding.inputs(), binding.current_counters()
-        counters, module_state, outputs = run(inputs, counters, binding.treedefs, module_state, epochs, starts)
-        binding.store_counters(counters)
-        nnx.update(modules, module_state)
+        records, metas = self._records.batches(schedule)
+        outputs = self._binding.scan(step_fn, modules, records, metas)
         self._queue.clear()
-        for started, _ in schedule:
+        for started in sorted({epoch for epoch, _ in schedule}):
             self._on_epoch(started)
         self._epoch, self._position = self.stream.advance(*schedule[-1])
         self._dispatch = (self._epoch, self._position)

@@ -62,6 +62,7 @@ from datarax.core.operator import OperatorModule
 from datarax.core.prng import node_key
 from datarax.core.spec import spec_to_str
 from datarax.core.validation import boolean, non_negative_int, optional_positive_int
+from datarax.pipeline.binding import StepBinding
 from datarax.pipeline.construction import (
     element_specs,
     key_names,
@@ -73,7 +74,8 @@ from datarax.pipeline.construction import (
 from datarax.pipeline.dag import validate_dag
 from datarax.pipeline.fingerprint import crc32_text, describe_module
 from datarax.pipeline.iterator import PipelineIterator
-from datarax.pipeline.program import PROGRAMS, StepBinding, StepPlan, StepProgram, compute_batch
+from datarax.pipeline.program import PROGRAMS, StepPlan, StepProgram, compute_batch
+from datarax.pipeline.records import RecordSchedule
 from datarax.pipeline.stream import StreamSpec
 from datarax.samplers import SequentialSampler, SequentialSamplerConfig, ShuffleSampler, ShuffleSamplerConfig
 
@@ -176,6 +178,7 @@ class Pipeline(DataraxModule):
                 for node, key in derived.items()
             ),
             own_key_salts=tuple((n, zlib.crc32(n.encode())) for n in cloned if own[n].has_own_rngs),
+            host_counted=tuple(n for n in graph.order if own[n].counts_every_record),
         )
         element_specs(self.source, self.nodes, self.graph)
         self.stream = StreamSpec(
@@ -336,9 +339,11 @@ class Pipeline(DataraxModule):
             self.next_epoch.set_value(epoch)
 
     def __iter__(self) -> PipelineIterator:
+        binding = StepBinding(self._parts(), self.program)
         return PipelineIterator(
             stream=self.stream,
-            binding=StepBinding(self._parts(), self.program),
+            binding=binding,
+            records=RecordSchedule(self.stream, self.sampler, binding.records_chunk),
             first_epoch=int(self.next_epoch.get_value()),
             num_epochs=self.num_epochs,
             prefetch=self.prefetch,

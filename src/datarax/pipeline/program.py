@@ -15,11 +15,13 @@ them the same ``StepProgram`` and JAX's own cache the same executable: a
 second identical ``Pipeline`` does not compile again. Everything that varies
 (records, parameters, counters) is an argument, never a baked constant.
 
-``StepBinding`` ties one pipeline's live state to a program. It keeps the
-pipeline's variables in a flat list and reads their raw values on every call
-(so in-place parameter updates are seen), passes them as a flat list of
-arrays (the cheapest form for JAX's dispatch), and writes the operation
-counters the step returns back into the modules.
+The per-batch step takes the records from the host (``RecordSchedule``)
+rather than computing the Feistel permutation itself, and returns, besides
+the batch, only the counter increments of operators that may skip records
+(``counts_every_record`` operators are counted on the host from the number
+of valid rows). It reads no counter, so consecutive steps do not depend on
+each other and JAX can run them back to back. ``pipeline/binding.py`` ties a
+pipeline's live state to its program.
 
 Example:
     >>> import numpy as np
@@ -48,6 +50,7 @@ from datarax.core.batch_form import VALID_MASK
 from datarax.core.module import IterationCount
 from datarax.core.prng import record_keys
 from datarax.pipeline.dag import SOURCE, DagGraph
+from datarax.pipeline.records import chunk_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,8 @@ class StepPlan:
         own_key_salts: ``(node, salt)`` for nodes whose operator has its own
             rngs and is a clone of another node's operator: the salt is folded
             into its record keys so that the two draw differently.
+        host_counted: Nodes whose operator ``counts_every_record``: the step
+            does not count them, the iterator adds the valid rows on the host.
     """
 
     graph: DagGraph
@@ -70,6 +75,12 @@ class StepPlan:
     batch_size: int
     node_keys: tuple[tuple[str, tuple[int, ...]], ...]
     own_key_salts: tuple[tuple[str, int], ...]
+    host_counted: tuple[str, ...] = ()
+
+    @property
+    def device_counted(self) -> tuple[str, ...]:
+        """The nodes whose counter increments the step returns, in graph order."""
+        return tuple(n for n in self.graph.order if n not in self.host_counted)
 
 
 def merge_inputs(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -98,6 +109,10 @@ def node_record_keys(plan: StepPlan, node: str, op: Any, epoch: Any, records: An
 def compute_batch(plan: StepPlan, source: Any, sampler: Any, nodes: Mapping[str, Any], epoch: Any, start: Any):
     """The batch whose first row is epoch position ``start`` of ``epoch`` (traceable).
 
+    The records are computed in the graph (``sampler.indices_at``), so
+    ``epoch`` and ``start`` may be traced; the iterator's step gets the same
+    records from the host (``RecordSchedule``) and calls ``transform_records``.
+
     Args:
         plan: The static plan.
         source: The data source (``get_records``).
@@ -114,20 +129,62 @@ def compute_batch(plan: StepPlan, source: Any, sampler: Any, nodes: Mapping[str,
     valid = positions < n
     # Padding rows copy the epoch's last real position, keys and all: real
     # values a model can safely see, masked out by valid_mask.
-    positions = jnp.minimum(positions, n - 1)
-    records = sampler.indices_at(positions, n, epoch)
+    records = sampler.indices_at(jnp.minimum(positions, n - 1), n, epoch)
+    return transform_records(plan, source, nodes, records, valid, epoch)
+
+
+def transform_records(
+    plan: StepPlan,
+    source: Any,
+    nodes: Mapping[str, Any],
+    records: Any,
+    valid: Any,
+    epoch: Any,
+    uncounted: Sequence[str] = (),
+) -> dict[str, jax.Array]:
+    """Gathers ``records`` and runs every node on them: the part of a batch after the sampler.
+
+    Args:
+        plan: The static plan.
+        source: The data source.
+        nodes: Node name to operator.
+        records: int32 ``(B,)`` record indices (padding rows repeat a real one).
+        valid: bool ``(B,)``, the ``valid_mask``.
+        epoch: The epoch (for record keys).
+        uncounted: Nodes whose counters are left alone (counted elsewhere).
+
+    Returns:
+        The batch dict, with ``valid_mask``.
+    """
     values = {SOURCE: source.get_records(records)}
     for node in plan.graph.order:
         op = nodes[node]
         inputs = merge_inputs([values[p] for p in plan.graph.inputs[node]])
         keys = node_record_keys(plan, node, op, epoch, records)
-        out = op.apply_batch({**inputs, VALID_MASK: valid}, keys)
+        out = op.apply_batch({**inputs, VALID_MASK: valid}, keys, count=node not in uncounted)
         values[node] = {k: v for k, v in out.items() if k != VALID_MASK}
     return {**values[plan.graph.sink], VALID_MASK: valid}
 
 
-def _is_counter(path: tuple, value: Any) -> bool:
-    return isinstance(value, IterationCount)
+def device_counters(nodes: Mapping[str, Any], plan: StepPlan) -> list[Any]:
+    """The counters (values, or Variables outside a trace) of the device-counted nodes, in a fixed order."""
+    return [leaf for node in plan.device_counted for leaf in jax.tree.leaves(nnx.state(nodes[node], IterationCount))]
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """How a pipeline's state is passed to its program (a static argument).
+
+    Attributes:
+        fixed: Tree structure of everything but the operation counters.
+        counters: Tree structure of the operation counters.
+        counter_avals: ``(shape, dtype)`` of each counter: the step starts
+            every counter at zero, so what it returns are increments.
+    """
+
+    fixed: Any
+    counters: Any
+    counter_avals: tuple[tuple[tuple[int, ...], str], ...]
 
 
 class StepProgram:
@@ -142,48 +199,66 @@ class StepProgram:
         self.graphdef = graphdef
         self.plan = plan
         self.trace_count = 0
-        self.step = jax.jit(self._step, static_argnums=2)
+        self.step = jax.jit(self._step, static_argnums=1)
+        self.chunk = jax.jit(self._chunk, static_argnums=1)
+        self.accumulate = jax.jit(_accumulate)
         self._scans: dict[Any, Callable[..., Any]] = {}
 
-    def _merged(self, fixed: Sequence[Any], counters: Sequence[Any], treedefs: tuple[Any, Any]) -> Any:
-        fixed_state = jax.tree.unflatten(treedefs[0], fixed)
-        counter_state = jax.tree.unflatten(treedefs[1], counters)
-        return nnx.merge(self.graphdef, fixed_state, counter_state)
+    def _merged(self, fixed: Sequence[Any], layout: StateLayout) -> Any:
+        fixed_state = jax.tree.unflatten(layout.fixed, fixed)
+        zeros = [jnp.zeros(shape, dtype) for shape, dtype in layout.counter_avals]
+        return nnx.merge(self.graphdef, fixed_state, jax.tree.unflatten(layout.counters, zeros))
 
-    def _batch(self, parts: Any, epoch: Any, start: Any) -> tuple[dict[str, jax.Array], list[Any]]:
-        source, sampler, nodes = parts
-        batch = compute_batch(self.plan, source, sampler, nodes, epoch, start)
-        return batch, jax.tree.leaves(nnx.state(parts, IterationCount))
+    def _batch(self, parts: Any, records: Any, meta: Any) -> tuple[dict[str, jax.Array], Any]:
+        source, _, nodes = parts
+        valid = jnp.arange(self.plan.batch_size, dtype=jnp.int32) < meta[1]
+        batch = transform_records(self.plan, source, nodes, records, valid, meta[0], self.plan.host_counted)
+        increments = device_counters(nodes, self.plan)
+        return batch, (jnp.stack(increments) if increments else None)
 
-    def _step(self, fixed, counters, treedefs, epoch, start):
+    def _step(self, fixed, layout, chunk, meta):
         self.trace_count += 1  # runs only while tracing: counts compilations
-        return self._batch(self._merged(fixed, counters, treedefs), epoch, start)
+        records = jax.lax.dynamic_slice_in_dim(chunk, meta[2], self.plan.batch_size)
+        return self._batch(self._merged(fixed, layout), records, meta)
+
+    def _chunk(self, fixed, layout, epoch, chunk_start):
+        _, sampler, _ = self._merged(fixed, layout)
+        n, size = self.plan.num_records, chunk_size(self.plan.batch_size)
+        positions = jnp.minimum(chunk_start + jnp.arange(size, dtype=jnp.int32), n - 1)
+        return sampler.indices_at(positions, n, epoch).astype(jnp.int32)
 
     def scan(self, step_fn: Callable[..., Any], modules_graphdef: Any) -> Callable[..., Any]:
-        """The jitted ``run(fixed, counters, treedefs, module_state, epochs, starts)`` for ``step_fn``.
+        """The jitted ``run(fixed, layout, module_state, records, metas)`` for ``step_fn``.
 
-        It computes one batch per ``(epoch, start)`` pair and feeds it to
-        ``step_fn(batch, *modules)`` inside one ``jax.lax.scan``; the pipeline's
-        counters and the modules' state are the carry.
+        It computes one batch per row of ``records`` / ``metas`` (as the
+        per-batch step does) and feeds it to ``step_fn(batch, *modules)``
+        inside one ``jax.lax.scan``, the modules' state and the counter
+        increments being the carry. Returns ``(increments, module_state, outputs)``.
         """
         cache_key = (step_fn, modules_graphdef)
         if cache_key not in self._scans:
 
-            def run(fixed, counters, treedefs, module_state, epochs, starts):
+            def run(fixed, layout, module_state, records, metas):
                 def body(carry, cursor):
-                    counters, module_state = carry
-                    parts = self._merged(fixed, counters, treedefs)
+                    total, module_state = carry
                     modules = nnx.merge(modules_graphdef, module_state)
-                    batch, counters = self._batch(parts, *cursor)
+                    batch, increments = self._batch(self._merged(fixed, layout), *cursor)
                     out = step_fn(batch, *modules)
-                    return (counters, nnx.state(modules)), out
+                    total = None if increments is None else total + increments
+                    return (total, nnx.state(modules)), out
 
                 self.trace_count += 1
-                (counters, module_state), outputs = jax.lax.scan(body, (counters, module_state), (epochs, starts))
-                return counters, module_state, outputs
+                zero = jax.eval_shape(lambda: self._batch(self._merged(fixed, layout), records[0], metas[0])[1])
+                start = None if zero is None else jnp.zeros(zero.shape, zero.dtype)
+                (total, module_state), outputs = jax.lax.scan(body, (start, module_state), (records, metas))
+                return total, module_state, outputs
 
-            self._scans[cache_key] = jax.jit(run, static_argnums=2)
+            self._scans[cache_key] = jax.jit(run, static_argnums=1)
         return self._scans[cache_key]
+
+
+def _accumulate(counters: list[Any], increments: Any) -> list[Any]:
+    return [c + increments[i].astype(c.dtype) for i, c in enumerate(counters)]
 
 
 class ProgramCache:
@@ -241,81 +316,11 @@ class ProgramCache:
 PROGRAMS = ProgramCache()
 
 
-class StepBinding:
-    """One pipeline's live state, bound to its program.
-
-    Args:
-        parts: ``(source, sampler, nodes)`` of the pipeline.
-        program: The pipeline's ``StepProgram``.
-    """
-
-    def __init__(self, parts: Any, program: StepProgram):
-        self.parts = parts
-        self.program = program
-        self._bind()
-
-    def _bind(self) -> None:
-        _, counters, fixed = nnx.split(self.parts, IterationCount, ...)
-        self._counter_vars = [v for _, v in nnx.to_flat_state(counters)]
-        self._fixed_entries = [v for _, v in nnx.to_flat_state(fixed)]
-        fixed_values = self._fixed_values()
-        self.treedefs = (
-            jax.tree.structure(fixed),
-            jax.tree.structure(counters),
-        )
-        self._num_fixed = len(fixed_values)
-
-    def _fixed_values(self) -> list[Any]:
-        # Raw values, read on every call so in-place updates (an optimizer
-        # step on an operator's parameters) are seen; plain data arrays are
-        # held directly.
-        values = [v.get_raw_value() if isinstance(v, nnx.Variable) else v for v in self._fixed_entries]
-        return jax.tree.leaves(values)
-
-    def inputs(self) -> list[Any]:
-        """The live state's leaves (everything but the counters) to call the program with."""
-        fixed = self._fixed_values()
-        if len(fixed) != self._num_fixed:  # a variable changed structure (e.g. statistics set)
-            self._bind()
-            fixed = self._fixed_values()
-        return fixed
-
-    def inputs_are_current(self, inputs: Sequence[Any]) -> bool:
-        """True if the live state still holds exactly ``inputs`` (JAX arrays are immutable)."""
-        current = self._fixed_values()
-        return len(current) == len(inputs) and all(a is b for a, b in zip(current, inputs, strict=True))
-
-    def current_counters(self) -> list[Any]:
-        """The modules' operation counters now."""
-        return [v.get_raw_value() for v in self._counter_vars]
-
-    def store_counters(self, counters: Sequence[Any]) -> None:
-        """Writes the counters a program call returned back into the modules."""
-        for var, value in zip(self._counter_vars, counters, strict=True):
-            var.set_raw_value(value)
-
-    def commit_counters(self, before: Sequence[Any], after: Sequence[Any]) -> None:
-        """Stores the counters of a batch computed from ``before`` ahead of time.
-
-        Normally the modules still hold ``before`` (the same arrays), and
-        ``after`` is stored as it is. If the counters were changed meanwhile
-        (``reset_operation_stats``, a restored checkpoint), only the batch's
-        own increments are added to what they hold now.
-        """
-        current = self.current_counters()
-        if all(c is b for c, b in zip(current, before, strict=True)):
-            self.store_counters(after)
-        else:
-            self.store_counters([c + (a - b) for c, b, a in zip(current, before, after, strict=True)])
-
-    def run(
-        self, inputs: Sequence[Any], counters: Sequence[Any], epoch: Any, start: Any
-    ) -> tuple[dict[str, jax.Array], list[Any]]:
-        """Computes one batch from ``inputs`` and ``counters``; returns it with the counters after it.
-
-        Nothing is stored: the caller commits the counters when the batch is handed out.
-        """
-        return self.program.step(list(inputs), list(counters), self.treedefs, epoch, start)
-
-
-__all__ = ["PROGRAMS", "ProgramCache", "StepBinding", "StepPlan", "StepProgram", "compute_batch"]
+__all__ = [
+    "PROGRAMS",
+    "ProgramCache",
+    "StepPlan",
+    "StepProgram",
+    "compute_batch",
+    "transform_records",
+]

@@ -1,0 +1,146 @@
+"""``StepBinding``: one pipeline's live state, bound to its compiled program.
+
+The program (``datarax.pipeline.program``) is shared by identically built
+pipelines, so it holds no state; the binding holds the pipeline's. It
+
+* passes the live state as a flat list of arrays (the cheapest form for JAX's
+  dispatch), re-reading the variables' raw values on every call so that an
+  in-place update (an optimizer step on an operator's parameters) is seen;
+* leaves the operation counters out of the call: the step starts them at zero
+  and returns increments, so no step depends on the previous one;
+* commits a batch's counts when the batch is handed out: valid rows for
+  ``counts_every_record`` operators, added on the host; the step's increments
+  for the others, added by one small jitted function off the step's path.
+
+Example:
+    >>> import numpy as np
+    >>> from datarax import Pipeline
+    >>> from datarax.operators import ElementOperator, ElementOperatorConfig
+    >>> from datarax.sources import MemorySource, MemorySourceConfig
+    >>> op = ElementOperator(ElementOperatorConfig(), fn=lambda e, k: e)
+    >>> source = MemorySource(MemorySourceConfig(), data={"x": np.arange(10)})
+    >>> _ = list(Pipeline(source=source, stages=[op], batch_size=4))
+    >>> op.get_operation_stats()  # the padding rows of the last batch are not counted
+    {'applied_count': 10, 'skipped_count': 0}
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from datarax.core.module import IterationCount
+from datarax.pipeline.program import StateLayout, StepProgram
+
+# Variable.set_raw_value checks the JAX trace level on every call (a few
+# microseconds, paid per counter per batch); the iterator runs outside any
+# trace, so where flax keeps the value in a `_raw_value` slot (flax 0.12) the
+# slot is written directly, and through the public method otherwise.
+_RAW_SLOT = getattr(nnx.Variable, "_raw_value", None)
+if not isinstance(_RAW_SLOT, types.MemberDescriptorType):
+    _RAW_SLOT = None
+
+
+def _set_raw(var: nnx.Variable, value: Any) -> None:
+    if _RAW_SLOT is not None:
+        _RAW_SLOT.__set__(var, value)
+    else:
+        var.set_raw_value(value)
+
+
+def _plus(value: Any, rows: int) -> np.ndarray:
+    # A 0-d int32 array like the counters JAX holds (it supports `counter[...] += n`),
+    # wrapping as JAX's int32 arithmetic would.
+    total = int(value) + rows
+    if total > 2**31 - 1:
+        total -= 2**32
+    return np.array(total, dtype=np.int32)
+
+
+class StepBinding:
+    """One pipeline's live state, bound to its program.
+
+    Args:
+        parts: ``(source, sampler, nodes)`` of the pipeline.
+        program: The pipeline's ``StepProgram``.
+    """
+
+    def __init__(self, parts: Any, program: StepProgram):
+        self.parts = parts
+        self.program = program
+        nodes, plan = parts[2], program.plan
+        self._host_applied = [nodes[n]._applied_count for n in plan.host_counted]
+        # The same counters, in the same order, as the step's increments (device_counters).
+        self._device_vars = [
+            var for n in plan.device_counted for _, var in nnx.to_flat_state(nnx.state(nodes[n], IterationCount))
+        ]
+        self._bind()
+
+    def _bind(self) -> None:
+        _, counters, fixed = nnx.split(self.parts, IterationCount, ...)
+        self._fixed_entries = [v for _, v in nnx.to_flat_state(fixed)]
+        self._variables = [v for v in self._fixed_entries if isinstance(v, nnx.Variable)]
+        avals = tuple((tuple(np.shape(v)), str(np.asarray(v).dtype)) for v in jax.tree.leaves(counters))
+        self.layout = StateLayout(jax.tree.structure(fixed), jax.tree.structure(counters), avals)
+        self._seen = [v.get_raw_value() for v in self._variables]
+        self._leaves = self._fixed_leaves()
+        self._num_fixed = len(self._leaves)
+
+    def _fixed_leaves(self) -> list[Any]:
+        values = [v.get_raw_value() if isinstance(v, nnx.Variable) else v for v in self._fixed_entries]
+        return jax.tree.leaves(values)
+
+    def inputs(self) -> list[Any]:
+        """The live state's leaves (everything but the counters) to call the program with.
+
+        The same list object as long as no variable was given a new value, so
+        callers can tell cheaply (``is``) whether the state changed.
+        """
+        current = [v.get_raw_value() for v in self._variables]
+        if any(a is not b for a, b in zip(current, self._seen, strict=True)):
+            leaves = self._fixed_leaves()
+            if len(leaves) != self._num_fixed:  # a variable changed structure (e.g. statistics set)
+                self._bind()
+            else:
+                self._seen, self._leaves = current, leaves
+        return self._leaves
+
+    def run(self, inputs: Sequence[Any], chunk: Any, meta: Any) -> tuple[dict[str, jax.Array], Any]:
+        """Computes one batch; returns it and its counter increments (None if all are host-counted).
+
+        Args:
+            inputs: The live state's leaves (``inputs()``).
+            chunk: The records of the batch's chunk (``RecordSchedule.batch``).
+            meta: int32 ``[epoch, valid rows, offset in the chunk]``.
+        """
+        return self.program.step(inputs, self.layout, chunk, meta)
+
+    def records_chunk(self, epoch: int, chunk_start: int) -> jax.Array:
+        """The records of the chunk of positions from ``chunk_start``, computed on the device."""
+        return self.program.chunk(self.inputs(), self.layout, np.uint32(epoch), np.int32(chunk_start))
+
+    def scan(self, step_fn: Any, modules: tuple, records: Any, metas: Any) -> Any:
+        """Runs ``step_fn`` on the batches of ``records`` / ``metas`` in one scan and commits their counts."""
+        modules_graphdef, module_state = nnx.split(modules)
+        run = self.program.scan(step_fn, modules_graphdef)
+        increments, module_state, outputs = run(self.inputs(), self.layout, module_state, records, metas)
+        nnx.update(modules, module_state)
+        self.commit(increments, int(np.sum(metas[:, 1])))
+        return outputs
+
+    def commit(self, increments: Any, valid_rows: int) -> None:
+        """Adds a handed-out batch's counts to the operators' counters."""
+        for var in self._host_applied:
+            _set_raw(var, _plus(var.get_raw_value(), valid_rows))
+        if increments is not None:
+            current = [v.get_raw_value() for v in self._device_vars]
+            for var, value in zip(self._device_vars, self.program.accumulate(current, increments), strict=True):
+                _set_raw(var, value)
+
+
+__all__ = ["StepBinding"]

@@ -1,0 +1,115 @@
+"""``RecordSchedule``: which records each batch of a stream holds.
+
+Batch ``t`` of epoch ``e`` covers epoch positions ``[start, start + B)``;
+position ``p`` holds record ``perm(seed, e)[p]`` (the sampler: the Feistel
+permutation, or the identity). Positions past the end of the epoch are
+clamped to the last one, so padding rows repeat the epoch's last real record.
+
+The records are computed a *chunk* of batches at a time (about 16K positions)
+by one small jitted call, and the chunk stays on the device: each batch's step
+receives the chunk and its offset and slices its rows itself. So per batch
+nothing is computed on the host and no index vector is transferred, and the
+Feistel rounds run once per chunk instead of inside every step. Memory is
+O(chunk) whatever the dataset size. ``batches`` gives the same records as
+NumPy arrays (the sampler's ``indices_at_np``, bit-identical), for ``scan``.
+
+Example:
+    >>> import numpy as np
+    >>> from datarax.pipeline.stream import StreamSpec
+    >>> from datarax.samplers import SequentialSampler, SequentialSamplerConfig
+    >>> stream = StreamSpec(num_records=10, batch_size=4, drop_remainder=False,
+    ...                     shuffle=False, seed=0, fingerprint=0)
+    >>> schedule = RecordSchedule(stream, SequentialSampler(SequentialSamplerConfig()))
+    >>> chunk, meta = schedule.batch(0, 8)  # computed on the host here; a pipeline's on its device
+    >>> meta.tolist()  # [epoch, valid rows, offset of the batch in the chunk]
+    [0, 2, 8]
+    >>> np.asarray(chunk)[8:12].tolist()
+    [8, 9, 9, 9]
+    >>> records, metas = schedule.batches([(0, 8)])
+    >>> records.tolist(), metas.tolist()
+    ([[8, 9, 9, 9]], [[0, 2]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from datarax.pipeline.stream import StreamSpec
+
+CHUNK_POSITIONS = 16384
+
+
+def chunk_size(batch_size: int) -> int:
+    """Positions per chunk: about ``CHUNK_POSITIONS``, in whole batches."""
+    return max(1, CHUNK_POSITIONS // batch_size) * batch_size
+
+
+class RecordSchedule:
+    """The record indices of the batches of ``stream``.
+
+    Args:
+        stream: The stream.
+        sampler: Has ``indices_at_np(positions, num_records, epoch)``.
+        compute_chunk: ``compute_chunk(epoch, chunk_start)``: the records of
+            the ``chunk_size(B)`` positions from ``chunk_start`` (clamped to the
+            last record), as an int32 device array (the pipeline's program
+            computes it with the sampler's ``indices_at``). Defaults to the
+            sampler's ``indices_at_np``, on the host.
+    """
+
+    def __init__(self, stream: StreamSpec, sampler: Any, compute_chunk: Callable[[int, int], Any] | None = None):
+        self.stream = stream
+        self._sampler = sampler
+        self._chunk = chunk_size(stream.batch_size)
+        self._compute = compute_chunk or self._host_chunk
+        self._cached: tuple[int, int] | None = None
+        self._records: Any = None
+
+    def _host_chunk(self, epoch: int, chunk_start: int) -> np.ndarray:
+        n = self.stream.num_records
+        positions = np.minimum(np.arange(chunk_start, chunk_start + self._chunk, dtype=np.int64), n - 1)
+        return self._sampler.indices_at_np(positions, n, epoch).astype(np.int32)
+
+    @property
+    def chunk_size(self) -> int:
+        """Positions per chunk (a multiple of the batch size)."""
+        return self._chunk
+
+    def _chunk_for(self, epoch: int, chunk_start: int) -> Any:
+        if self._cached != (epoch, chunk_start):
+            # A new array per chunk, never written: batches dispatched from
+            # the previous chunk may still be reading it.
+            self._records = self._compute(epoch, chunk_start)
+            self._cached = (epoch, chunk_start)
+        return self._records
+
+    def batch(self, epoch: int, start: int) -> tuple[Any, np.ndarray]:
+        """The chunk holding the batch at ``(epoch, start)`` and its ``[epoch, valid rows, offset]``.
+
+        Returns:
+            ``(chunk, meta)``: the int32 chunk of records and an int32 ``(3,)``
+            array; the batch's records are
+            ``chunk[offset : offset + B]``.
+        """
+        offset = start % self._chunk
+        chunk = self._chunk_for(epoch, start - offset)
+        meta = np.array([epoch, min(self.stream.batch_size, self.stream.num_records - start), offset], np.int32)
+        return chunk, meta
+
+    def batches(self, cursors: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The records of several batches on the host: ``(L, B)`` records and ``(L, 2)`` ``[epoch, valid rows]``."""
+        stream = self.stream
+        size, n = stream.batch_size, stream.num_records
+        records = np.empty((len(cursors), size), dtype=np.int32)
+        metas = np.empty((len(cursors), 2), dtype=np.int32)
+        for i, (epoch, start) in enumerate(cursors):
+            positions = np.minimum(np.arange(start, start + size, dtype=np.int64), n - 1)
+            records[i] = self._sampler.indices_at_np(positions, n, epoch)
+            metas[i] = (epoch, min(size, n - start))
+        return records, metas
+
+
+__all__ = ["CHUNK_POSITIONS", "RecordSchedule", "chunk_size"]
