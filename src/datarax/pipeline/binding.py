@@ -87,6 +87,7 @@ class StepBinding:
         self._variables = [v for v in self._fixed_entries if isinstance(v, nnx.Variable)]
         avals = tuple((tuple(np.shape(v)), str(np.asarray(v).dtype)) for v in jax.tree.leaves(counters))
         self.layout = StateLayout(jax.tree.structure(fixed), jax.tree.structure(counters), avals)
+        self._step = self.program.step_for(self.layout)
         self._seen = [v.get_raw_value() for v in self._variables]
         self._leaves = self._fixed_leaves()
         self._num_fixed = len(self._leaves)
@@ -118,7 +119,7 @@ class StepBinding:
             chunk: The records of the batch's chunk (``RecordSchedule.batch``).
             meta: int32 ``[epoch, valid rows, offset in the chunk]``.
         """
-        return self.program.step(inputs, self.layout, chunk, meta)
+        return self._step(inputs, chunk, meta)
 
     def records_chunk(self, epoch: int, chunk_start: int) -> jax.Array:
         """The records of the chunk of positions from ``chunk_start``, computed on the device."""

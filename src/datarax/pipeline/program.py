@@ -199,8 +199,8 @@ class StepProgram:
         self.graphdef = graphdef
         self.plan = plan
         self.trace_count = 0
-        self.step = jax.jit(self._step, static_argnums=1)
         self.chunk = jax.jit(self._chunk, static_argnums=1)
+        self._steps: dict[StateLayout, Callable[..., Any]] = {}
         self.accumulate = jax.jit(_accumulate)
         self._scans: dict[Any, Callable[..., Any]] = {}
 
@@ -215,6 +215,18 @@ class StepProgram:
         batch = transform_records(self.plan, source, nodes, records, valid, meta[0], self.plan.host_counted)
         increments = device_counters(nodes, self.plan)
         return batch, (jnp.stack(increments) if increments else None)
+
+    def step_for(self, layout: StateLayout) -> Callable[..., Any]:
+        """The jitted ``step(fixed, chunk, meta) -> (batch, increments)`` for a state layout.
+
+        One function per layout, with the layout closed over rather than
+        passed as a static argument: a static argument is hashed and compared
+        on every call, which the per-batch path should not pay.
+        """
+        step = self._steps.get(layout)
+        if step is None:
+            step = self._steps[layout] = jax.jit(lambda fixed, chunk, meta: self._step(fixed, layout, chunk, meta))
+        return step
 
     def _step(self, fixed, layout, chunk, meta):
         self.trace_count += 1  # runs only while tracing: counts compilations
