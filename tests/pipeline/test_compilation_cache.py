@@ -39,7 +39,7 @@ def _child(cache_dir: Path) -> dict:
 
 def test_a_second_process_reads_the_compiled_step_from_the_cache(tmp_path):
     first = _child(tmp_path)
-    assert any(p.name.startswith("jit__step") for p in tmp_path.iterdir()), sorted(tmp_path.iterdir())
+    assert any(p.name.startswith("jit_pipeline_step") for p in tmp_path.iterdir()), sorted(tmp_path.iterdir())
     second = _child(tmp_path)
     assert first["hits"] == 0
     assert second["hits"] >= 1  # the step (at least) came from the cache

@@ -5,6 +5,7 @@
 * ``CompositeOperator``: children chained, merged, branched or mixed.
 * ``ProbabilisticOperator``: a child applied to each record with probability ``p``.
 * ``SelectorOperator``: one randomly chosen child per record.
+* ``RandomFlip``: mirror images (or any arrays) along an axis with probability ``p``.
 
 Every operator follows ``datarax.core.operator.OperatorModule``: ``apply`` is pure, randomness
 comes only from the per-record key, and ``output_spec`` checks compatibility at construction.
@@ -13,6 +14,7 @@ Operators that hold children give child ``i`` a key folded from their own record
 
 from datarax.operators.composite import STRATEGIES, CompositeOperator, CompositeOperatorConfig
 from datarax.operators.element import ElementOperator, ElementOperatorConfig
+from datarax.operators.image import RandomFlip, RandomFlipConfig
 from datarax.operators.map import MapOperator, MapOperatorConfig
 from datarax.operators.probabilistic import ProbabilisticOperator, ProbabilisticOperatorConfig
 from datarax.operators.selector import SelectorOperator, SelectorOperatorConfig
@@ -27,6 +29,8 @@ __all__ = [
     "MapOperatorConfig",
     "ProbabilisticOperator",
     "ProbabilisticOperatorConfig",
+    "RandomFlip",
+    "RandomFlipConfig",
     "SelectorOperator",
     "SelectorOperatorConfig",
 ]

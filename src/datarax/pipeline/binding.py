@@ -31,9 +31,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from datarax.core.batch_form import VALID_MASK
 from datarax.core.module import IterationCount
 from datarax.pipeline.program import StateLayout, StepProgram
 
@@ -76,6 +78,7 @@ class StepBinding:
         nodes, plan = parts[2], program.plan
         self._host_applied = [nodes[n]._applied_count for n in plan.host_counted]
         # The same counters, in the same order, as the step's increments (device_counters).
+        self._masks: dict[int, jax.Array] = {}
         self._device_vars = [
             var for n in plan.device_counted for _, var in nnx.to_flat_state(nnx.state(nodes[n], IterationCount))
         ]
@@ -119,7 +122,16 @@ class StepBinding:
             chunk: The records of the batch's chunk (``RecordSchedule.batch``).
             meta: int32 ``[epoch, valid rows, offset in the chunk]``.
         """
-        return self._step(inputs, chunk, meta)
+        batch, increments = self._step(inputs, chunk, meta)
+        batch[VALID_MASK] = self.valid_mask(int(meta[1]))
+        return batch, increments
+
+    def valid_mask(self, valid_rows: int) -> jax.Array:
+        """The ``valid_mask`` of a batch with ``valid_rows`` real rows (one device array per count, reused)."""
+        mask = self._masks.get(valid_rows)
+        if mask is None:
+            mask = self._masks[valid_rows] = jnp.arange(self.program.plan.batch_size) < valid_rows
+        return mask
 
     def records_chunk(self, epoch: int, chunk_start: int) -> jax.Array:
         """The records of the chunk of positions from ``chunk_start``, computed on the device."""

@@ -217,21 +217,29 @@ class StepProgram:
         return batch, (jnp.stack(increments) if increments else None)
 
     def step_for(self, layout: StateLayout) -> Callable[..., Any]:
-        """The jitted ``step(fixed, chunk, meta) -> (batch, increments)`` for a state layout.
+        """The jitted ``step(fixed, chunk, meta) -> (batch without valid_mask, increments)`` for a state layout.
 
         One function per layout, with the layout closed over rather than
         passed as a static argument: a static argument is hashed and compared
         on every call, which the per-batch path should not pay.
         """
-        step = self._steps.get(layout)
-        if step is None:
-            step = self._steps[layout] = jax.jit(lambda fixed, chunk, meta: self._step(fixed, layout, chunk, meta))
-        return step
+        jitted = self._steps.get(layout)
+        if jitted is None:
+
+            def pipeline_step(fixed, chunk, meta):
+                return self._step(fixed, layout, chunk, meta)
+
+            jitted = self._steps[layout] = jax.jit(pipeline_step)
+        return jitted
 
     def _step(self, fixed, layout, chunk, meta):
         self.trace_count += 1  # runs only while tracing: counts compilations
         records = jax.lax.dynamic_slice_in_dim(chunk, meta[2], self.plan.batch_size)
-        return self._batch(self._merged(fixed, layout), records, meta)
+        batch, increments = self._batch(self._merged(fixed, layout), records, meta)
+        # The mask is left out: it takes one of two values per stream (all
+        # True, or the padded last batch's), which the binding keeps on the
+        # device and attaches, rather than a new output buffer every batch.
+        return {k: v for k, v in batch.items() if k != VALID_MASK}, increments
 
     def _chunk(self, fixed, layout, epoch, chunk_start):
         _, sampler, _ = self._merged(fixed, layout)
