@@ -154,6 +154,13 @@ def test_fractional_probability_must_be_stochastic(p):
         RandomFlipConfig(probability=p, stochastic=False, stream_name=None)
 
 
+def test_deterministic_config_must_drop_the_default_stream_name():
+    with pytest.raises(ValueError, match=r"deterministic module \(stochastic=False\) must not set stream_name"):
+        RandomFlipConfig(probability=1.0, stochastic=False)
+    with pytest.raises(ValueError, match="stream_name"):
+        RandomFlipConfig(probability=0.3, stochastic=False)
+
+
 @pytest.mark.parametrize("p", [0, 1, 0.0, 1.0])
 def test_probability_zero_or_one_may_be_deterministic(p):
     config = RandomFlipConfig(probability=p, stochastic=False, stream_name=None)
