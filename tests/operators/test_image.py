@@ -154,10 +154,11 @@ def test_fractional_probability_must_be_stochastic(p):
         RandomFlipConfig(probability=p, stochastic=False, stream_name=None)
 
 
-def test_deterministic_config_must_drop_the_default_stream_name():
+def test_the_default_stream_name_is_only_used_when_stochastic():
+    assert RandomFlipConfig(probability=1.0, stochastic=False).stream_name is None
     with pytest.raises(ValueError, match=r"deterministic module \(stochastic=False\) must not set stream_name"):
-        RandomFlipConfig(probability=1.0, stochastic=False)
-    with pytest.raises(ValueError, match="stream_name"):
+        RandomFlipConfig(probability=1.0, stochastic=False, stream_name="flip")
+    with pytest.raises(ValueError, match="needs a coin per record"):
         RandomFlipConfig(probability=0.3, stochastic=False)
 
 

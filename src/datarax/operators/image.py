@@ -17,7 +17,7 @@ record counts as applied (the pipeline then counts on the host, for free).
 
 Example:
     >>> import jax, jax.numpy as jnp
-    >>> flip = RandomFlip(RandomFlipConfig(probability=1.0, stochastic=False, stream_name=None))
+    >>> flip = RandomFlip(RandomFlipConfig(probability=1.0, stochastic=False))
     >>> image = jnp.arange(6).reshape(1, 3, 2)  # H=1, W=3, C=2
     >>> flip.apply({"image": image})["image"][0, :, 0].tolist()
     [4, 2, 0]
@@ -51,8 +51,9 @@ class RandomFlipConfig(OperatorConfig):
             axis): ``-2`` is the width of an ``(H, W, C)`` image (a horizontal
             flip), ``-3`` its height.
         probability: Chance in ``[0, 1]`` that a record is flipped.
-        stochastic: True (with a ``stream_name``) unless ``probability`` is 0 or 1.
-        stream_name: The stream the per-record coin is named after.
+        stochastic: True unless ``probability`` is 0 or 1.
+        stream_name: The stream the per-record coin is named after (``"flip"``
+            when stochastic and not given; None when deterministic).
 
     Raises:
         ValueError: If a field is not a non-empty string, ``axis`` is not an
@@ -68,9 +69,11 @@ class RandomFlipConfig(OperatorConfig):
     axis: int = -2
     probability: float = 0.5
     stochastic: bool = True
-    stream_name: str | None = "flip"
+    stream_name: str | None = None
 
     def __post_init__(self) -> None:
+        if self.stochastic is True and self.stream_name is None:
+            object.__setattr__(self, "stream_name", "flip")
         super().__post_init__()
         name = type(self).__name__
         fields = self.fields
@@ -81,6 +84,7 @@ class RandomFlipConfig(OperatorConfig):
         object.__setattr__(self, "fields", tuple(fields))
         if not is_int(self.axis):
             raise ValueError(f"{name}: axis must be an int, got {self.axis!r}")
+        object.__setattr__(self, "axis", int(self.axis))
         p = self.probability
         if isinstance(p, bool) or not isinstance(p, Real) or not math.isfinite(p) or not 0 <= p <= 1:
             raise ValueError(f"{name}: probability must be a number in [0, 1], got {p!r}")
@@ -101,6 +105,20 @@ class RandomFlip(OperatorModule):
 
     Raises:
         TypeError: If ``config`` is not a ``RandomFlipConfig``.
+
+    Example:
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from datarax import Pipeline
+        >>> from datarax.sources import MemorySource, MemorySourceConfig
+        >>> images = np.arange(8 * 2 * 3 * 1).reshape(8, 2, 3, 1)
+        >>> source = MemorySource(MemorySourceConfig(), data={"image": images})
+        >>> pipeline = Pipeline(source=source, stages=[RandomFlip(RandomFlipConfig())],
+        ...                     batch_size=8, rngs=nnx.Rngs(0))
+        >>> batch = np.asarray(next(iter(pipeline))["image"])
+        >>> flipped = (batch == images[:, :, ::-1]).all(axis=(1, 2, 3))
+        >>> bool(((batch == images).all(axis=(1, 2, 3)) | flipped).all())  # each image kept or mirrored
+        True
     """
 
     def __init__(self, config: RandomFlipConfig, *, rngs: nnx.Rngs | None = None, name: str | None = None):

@@ -44,6 +44,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
@@ -125,12 +126,21 @@ def compute_batch(plan: StepPlan, source: Any, sampler: Any, nodes: Mapping[str,
         The batch dict, with ``valid_mask``.
     """
     n, size = plan.num_records, plan.batch_size
-    positions = jnp.asarray(start, dtype=jnp.int32) + jnp.arange(size, dtype=jnp.int32)
-    valid = positions < n
+    positions = epoch_positions(start, size)
+    valid = positions < np.uint32(n)
     # Padding rows copy the epoch's last real position, keys and all: real
     # values a model can safely see, masked out by valid_mask.
-    records = sampler.indices_at(jnp.minimum(positions, n - 1), n, epoch)
+    records = sampler.indices_at(jnp.minimum(positions, np.uint32(n - 1)).astype(jnp.int32), n, epoch)
     return transform_records(plan, source, nodes, records, valid, epoch)
+
+
+def epoch_positions(start: Any, size: int) -> jax.Array:
+    """Positions ``start .. start + size - 1`` as uint32.
+
+    An epoch has up to 2**31 records, and positions past its end (padding, a
+    chunk's tail) must not wrap around as int32 would.
+    """
+    return jnp.asarray(start).astype(jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
 
 
 def transform_records(
@@ -244,7 +254,7 @@ class StepProgram:
     def _chunk(self, fixed, layout, epoch, chunk_start):
         _, sampler, _ = self._merged(fixed, layout)
         n, size = self.plan.num_records, chunk_size(self.plan.batch_size)
-        positions = jnp.minimum(chunk_start + jnp.arange(size, dtype=jnp.int32), n - 1)
+        positions = jnp.minimum(epoch_positions(chunk_start, size), np.uint32(n - 1)).astype(jnp.int32)
         return sampler.indices_at(positions, n, epoch).astype(jnp.int32)
 
     def scan(self, step_fn: Callable[..., Any], modules_graphdef: Any) -> Callable[..., Any]:
