@@ -102,9 +102,31 @@ def _tuned_column_index(flip: bool, chain: int, target: str):
     return step
 
 
+def _tuned_per_record_barriers(flip: bool, chain: int, target: str):
+    """``per-record`` with the coins and the index vector behind optimization barriers.
+
+    XLA fuses the coin hash and the index arithmetic of a gather (``images[idx]``
+    wraps negative indices) into the fused per-pixel loop and recomputes them
+    for every pixel; the barriers make it compute them once per record.
+    """
+
+    def step(images, labels, idx, key):
+        idx = jax.lax.optimization_barrier(idx)
+        x = images.at[idx].get(mode="promise_in_bounds")
+        if flip:
+            coins = jax.vmap(lambda r: jax.random.bernoulli(jax.random.fold_in(key, r)))(idx.astype(jnp.uint32))
+            coins = jax.lax.optimization_barrier(coins)
+            x = jax.vmap(lambda image, coin: jnp.where(coin, image[:, ::-1], image))(x, coins)
+        x, y = _chain(x.astype(jnp.float32) / 255.0, labels.at[idx].get(mode="promise_in_bounds"), chain, target)
+        return {"image": x, "label": y}
+
+    return step
+
+
 TUNED = {
     "select": _tuned_select,
     "per-record": _tuned_per_record,
+    "per-record + barriers": _tuned_per_record_barriers,
     "column index": _tuned_column_index,
 }
 

@@ -135,7 +135,9 @@ class RandomFlip(OperatorModule):
         key = record_key(self, key)
         require_element(self, element)
         p = self.config.probability
-        flip = (p == 1) if key is None else jax.random.bernoulli(key, p)
+        # The coin goes behind an optimization barrier: otherwise XLA fuses its
+        # hash into the select and recomputes it for every pixel of the record.
+        flip = (p == 1) if key is None else jax.lax.optimization_barrier(jax.random.bernoulli(key, p))
         out = dict(element)
         for field in self.config.fields:
             if field not in element:
