@@ -114,16 +114,18 @@ class StepBinding:
                 self._seen, self._leaves = current, leaves
         return self._leaves
 
-    def run(self, inputs: Sequence[Any], chunk: Any, meta: Any) -> tuple[dict[str, jax.Array], Any]:
+    def run(self, inputs: Sequence[Any], chunk: Any, meta: Any, valid_rows: int) -> tuple[dict[str, jax.Array], Any]:
         """Computes one batch; returns it and its counter increments (None if all are host-counted).
 
         Args:
             inputs: The live state's leaves (``inputs()``).
             chunk: The records of the batch's chunk (``RecordSchedule.batch``).
             meta: int32 ``[epoch, valid rows, offset in the chunk]``.
+            valid_rows: ``meta[1]`` as an int.
         """
         batch, increments = self._step(inputs, chunk, meta)
-        batch[VALID_MASK] = self.valid_mask(int(meta[1]))
+        mask = self._masks.get(valid_rows)
+        batch[VALID_MASK] = mask if mask is not None else self.valid_mask(valid_rows)
         return batch, increments
 
     def valid_mask(self, valid_rows: int) -> jax.Array:

@@ -116,12 +116,14 @@ class PipelineIterator:
         return self._finished(self._epoch)
 
     def _fill(self, depth: int, inputs: list[Any]) -> None:
-        while len(self._queue) < depth and not self._finished(self._dispatch[0]):
+        queue, stop = self._queue, self._stop_epoch
+        while len(queue) < depth and (stop is None or self._dispatch[0] < stop):
             epoch, position = self._dispatch
             chunk, meta = self._records.batch(epoch, position)
-            batch, increments = self._binding.run(inputs, chunk, meta)
+            valid_rows = self._records.valid_rows(position)
+            batch, increments = self._binding.run(inputs, chunk, meta, valid_rows)
             # The batch's counts reach the operators when it is handed out.
-            self._queue.append(_Dispatched(epoch, batch, increments, int(meta[1]), inputs))
+            queue.append(_Dispatched(epoch, batch, increments, valid_rows, inputs))
             self._dispatch = self.stream.advance(epoch, position)
 
     def __iter__(self) -> PipelineIterator:

@@ -95,9 +95,13 @@ class RecordSchedule:
             ``chunk[offset : offset + B]``.
         """
         offset = start % self._chunk
-        chunk = self._chunk_for(epoch, start - offset)
-        meta = np.array([epoch, min(self.stream.batch_size, self.stream.num_records - start), offset], np.int32)
+        chunk = self._records if self._cached == (epoch, start - offset) else self._chunk_for(epoch, start - offset)
+        meta = np.array([epoch, self.valid_rows(start), offset], np.int32)
         return chunk, meta
+
+    def valid_rows(self, start: int) -> int:
+        """Real rows of the batch whose first row is epoch position ``start``."""
+        return min(self.stream.batch_size, self.stream.num_records - start)
 
     def batches(self, cursors: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         """The records of several batches on the host: ``(L, B)`` records and ``(L, 2)`` ``[epoch, valid rows]``."""

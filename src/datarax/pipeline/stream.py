@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 
@@ -52,13 +53,13 @@ class StreamSpec:
     seed: int
     fingerprint: int
 
-    @property
+    @functools.cached_property
     def batches_per_epoch(self) -> int:
         """Batches in one epoch (the short last one counted unless dropped)."""
         full, rest = divmod(self.num_records, self.batch_size)
         return full + (1 if rest and not self.drop_remainder else 0)
 
-    @property
+    @functools.cached_property
     def positions_per_epoch(self) -> int:
         """The first epoch position that starts no batch (a multiple of ``batch_size``)."""
         return self.batches_per_epoch * self.batch_size
