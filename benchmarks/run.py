@@ -9,7 +9,7 @@ Usage::
 Every workload runs, on the same data, in the same process, alternated round
 robin (these machines are noisy: only ratios within one run mean much):
 
-* ``datarax`` (default ``prefetch=2``), and with ``prefetch=0``;
+* ``datarax`` with its default prefetch (0 on CPU, 2 on accelerators) and with the other setting;
 * the tuned hand-written loops of ``benchmarks/baselines.py``; the fastest of
   them in this run is **the reference** of every ratio;
 * the naive jax loop (labelled), the numpy loop, and PyTorch's DataLoader
@@ -41,6 +41,7 @@ from flax import nnx
 from benchmarks.baselines import TUNED, consume, make_naive_loop, make_numpy_loop, make_torch_loader, make_tuned_loop
 from datarax import MemorySource, MemorySourceConfig, Pipeline
 from datarax.operators import ElementOperator, ElementOperatorConfig, RandomFlip, RandomFlipConfig
+from datarax.pipeline.construction import default_prefetch
 
 
 def make_data(n: int, shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
@@ -67,7 +68,7 @@ CHEAP_OPS = {"image": _cheap_image, "label": _cheap_label}
 
 
 def build_pipeline(
-    data, batch_size: int, *, flip: bool, chain: int = 0, target: str = "image", prefetch: int = 2
+    data, batch_size: int, *, flip: bool, chain: int = 0, target: str = "image", prefetch: int | None = None
 ) -> Pipeline:
     """The benchmark's pipeline: normalise, optionally RandomFlip, then ``chain`` cheap operators.
 
@@ -106,9 +107,10 @@ def systems_for(w: dict) -> dict:
     """Every system of a workload: name -> epoch function (None: not installed)."""
     data, size = w["data"], w["batch_size"]
     kw = {"flip": w.get("flip", False), "chain": w.get("chain", 0), "target": w.get("target", "image")}
+    other = 2 if default_prefetch() == 0 else 0
     systems = {
-        "datarax": _pipeline_epoch(build_pipeline(data, size, **kw)),
-        "datarax (prefetch=0)": _pipeline_epoch(build_pipeline(data, size, prefetch=0, **kw)),
+        f"datarax (default prefetch={default_prefetch()})": _pipeline_epoch(build_pipeline(data, size, **kw)),
+        f"datarax (prefetch={other})": _pipeline_epoch(build_pipeline(data, size, prefetch=other, **kw)),
     }
     for variant in TUNED if kw["flip"] else ["select"]:
         systems[f"tuned: {variant}"] = make_tuned_loop(data, size, variant=variant, **kw)
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         f"jax {jax.__version__}, python {platform.python_version()}, --repeats {args.repeats}"
     ]
     by_name = {row["workload"]: row for row in rows}
-    default = "datarax"
+    default = f"datarax (default prefetch={default_prefetch()})"
     for name in ("W1", "W2"):
         if name in by_name:
             row = by_name[name]

@@ -58,7 +58,7 @@ def test_stages_must_be_operators():
         ({"num_epochs": True}, "num_epochs.*got True"),
         ({"prefetch": -1}, "prefetch must be a non-negative int, got -1"),
         ({"prefetch": 1.5}, "prefetch.*got 1.5"),
-        ({"prefetch": None}, "prefetch.*got None"),
+        ({"prefetch": "2"}, "prefetch.*got '2'"),
         ({"shuffle": True}, "shuffle=True needs rngs"),
         ({"shuffle": "yes", "rngs": nnx.Rngs(0)}, "shuffle must be a bool, got 'yes'"),
         ({"drop_remainder": 1}, "drop_remainder must be a bool, got 1"),

@@ -242,3 +242,11 @@ def test_a_refused_call_consumes_nothing_from_the_iterator():
         with pytest.raises((TypeError, ValueError)):
             prefetch_to_device(batches, **bad)
     assert next(batches)["x"].tolist() == [0, 1]
+
+
+def test_the_default_prefetch_depends_on_the_backend():
+    from datarax.pipeline.construction import default_prefetch
+
+    pipeline = Pipeline(source=make_source(10), batch_size=4)
+    assert pipeline.prefetch == default_prefetch()
+    assert default_prefetch() == (0 if jax.default_backend() == "cpu" else 2)

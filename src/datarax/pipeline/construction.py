@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
@@ -96,6 +97,11 @@ def element_specs(source: Any, nodes: Mapping[str, Any], graph: DagGraph) -> dic
     return specs
 
 
+def default_prefetch() -> int:
+    """The prefetch depth ``Pipeline(prefetch=None)`` uses: 0 on the CPU backend, 2 elsewhere."""
+    return 0 if jax.default_backend() == "cpu" else 2
+
+
 def record_count(source: DataSourceModule, batch_size: int, drop_remainder: bool) -> int:
     try:
         num_records = len(source)
@@ -126,6 +132,7 @@ def pipeline_seed_for(rngs: nnx.Rngs | None, shuffle: bool, key_names: Mapping[s
 
 
 __all__ = [
+    "default_prefetch",
     "element_specs",
     "key_names",
     "linear_graph",

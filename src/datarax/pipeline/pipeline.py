@@ -64,6 +64,7 @@ from datarax.core.spec import spec_to_str
 from datarax.core.validation import boolean, non_negative_int, optional_positive_int
 from datarax.pipeline.binding import StepBinding
 from datarax.pipeline.construction import (
+    default_prefetch,
     element_specs,
     key_names,
     linear_graph,
@@ -101,8 +102,11 @@ class Pipeline(DataraxModule):
         drop_remainder: Drop each epoch's short last batch instead of padding it.
         num_epochs: Epochs each ``iter(pipeline)`` runs; None runs forever.
         prefetch: Batches dispatched ahead of the consumer (JAX runs them
-            asynchronously); 0 disables it. ``benchmarks/run.py`` measures
-            the default against 0.
+            asynchronously); 0 disables it. None (the default) chooses by
+            backend: 2 on accelerators, where dispatching ahead keeps the
+            device busy while Python works, and 0 on CPU, where batches
+            computed ahead compete with the consumer for the same cores
+            (``benchmarks/run.py`` measures both).
         name: Optional module name.
 
     Raises:
@@ -127,7 +131,7 @@ class Pipeline(DataraxModule):
         shuffle: bool = False,
         drop_remainder: bool = False,
         num_epochs: int | None = 1,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         name: str | None = None,
     ):
         dag_given = [arg for arg, value in (("nodes", nodes), ("edges", edges), ("sink", sink)) if value is not None]
@@ -151,7 +155,7 @@ class Pipeline(DataraxModule):
         shuffle = boolean("Pipeline", "shuffle", shuffle)
         drop_remainder = boolean("Pipeline", "drop_remainder", drop_remainder)
         num_epochs = optional_positive_int("Pipeline", "num_epochs", num_epochs)
-        prefetch = non_negative_int("Pipeline", "prefetch", prefetch)
+        prefetch = default_prefetch() if prefetch is None else non_negative_int("Pipeline", "prefetch", prefetch)
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"Pipeline: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}")
         num_records = record_count(source, batch_size, drop_remainder)
