@@ -109,6 +109,16 @@ def unreached_flags(children: Sequence[OperatorModule]) -> jax.Array:
     return jnp.zeros((sum(len(c.counted_operators()) for c in children), 2), dtype=bool)
 
 
+def chosen_child_flags(children: Sequence[OperatorModule], index: int, flags: jax.Array) -> jax.Array:
+    """The flags of all ``children`` when only child ``index`` saw the record (its ``flags``; zeros elsewhere)."""
+    return jnp.concatenate([unreached_flags(children[:index]), flags, unreached_flags(children[index + 1 :])])
+
+
+def counted_subtree(owner: OperatorModule, children: Sequence[OperatorModule]) -> list[OperatorModule]:
+    """``owner``, then each child's counted operators in order (``counted_operators`` of a combining operator)."""
+    return [owner, *(op for child in children for op in child.counted_operators())]
+
+
 def check_same_specs(owner: Any, outputs: Sequence[tuple[str, Any]], what: str) -> None:
     """Raises ValueError unless every output has the spec of the first one.
 

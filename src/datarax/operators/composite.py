@@ -45,6 +45,8 @@ from datarax.operators._checks import (
     check_weight_count,
     child_key,
     child_operators,
+    chosen_child_flags,
+    counted_subtree,
     label,
     normalised_weights,
     own_flags,
@@ -188,7 +190,7 @@ class CompositeOperator(OperatorModule):
 
     def counted_operators(self) -> list[OperatorModule]:
         """This operator, then each child's counted operators in order."""
-        return [self, *(op for child in self.operators for op in child.counted_operators())]
+        return counted_subtree(self, self.operators)
 
     def apply(self, element: dict[str, Any], key: jax.Array | None = None) -> dict[str, Any]:
         """Runs the children on one element according to ``config.strategy``.
@@ -272,8 +274,7 @@ class CompositeOperator(OperatorModule):
         def child_branch(i: int):
             def run(e):
                 out, flags = children[i].apply_counted(e, child_key(key, i, children[i]))
-                blocks = [own_flags(True), unreached_flags(children[:i]), flags, unreached_flags(children[i + 1 :])]
-                return out, jnp.concatenate(blocks)
+                return out, jnp.concatenate([own_flags(True), chosen_child_flags(children, i, flags)])
 
             return run
 

@@ -33,6 +33,7 @@ from datarax.core.operator import OperatorModule
 from datarax.core.spec import spec_mismatches, spec_of
 from datarax.operators._checks import (
     check_child,
+    counted_subtree,
     label,
     own_flags,
     record_key,
@@ -117,7 +118,7 @@ class ProbabilisticOperator(OperatorModule):
 
     def counted_operators(self) -> list[OperatorModule]:
         """This operator, then its child's counted operators."""
-        return [self, *self.operator.counted_operators()]
+        return counted_subtree(self, [self.operator])
 
     def apply(self, element: dict[str, Any], key: jax.Array | None = None) -> dict[str, Any]:
         """Transforms one element with probability ``p``, else returns it unchanged.

@@ -30,13 +30,14 @@ from datarax.operators._checks import (
     check_same_specs,
     check_weight_count,
     child_operators,
+    chosen_child_flags,
+    counted_subtree,
     label,
     normalised_weights,
     own_flags,
     record_key,
     require_config,
     require_element,
-    unreached_flags,
 )
 
 
@@ -116,7 +117,7 @@ class SelectorOperator(OperatorModule):
 
     def counted_operators(self) -> list[OperatorModule]:
         """This operator, then each child's counted operators in order."""
-        return [self, *(op for child in self.operators for op in child.counted_operators())]
+        return counted_subtree(self, self.operators)
 
     def apply(self, element: dict[str, Any], key: jax.Array | None = None) -> dict[str, Any]:
         """Runs the child chosen for this record.
@@ -144,8 +145,7 @@ class SelectorOperator(OperatorModule):
         def branch(i: int):
             def run(e):
                 out, flags = children[i].apply_counted(e, run_key if children[i].stochastic else None)
-                blocks = [unreached_flags(children[:i]), flags, unreached_flags(children[i + 1 :])]
-                return out, jnp.concatenate(blocks)
+                return out, chosen_child_flags(children, i, flags)
 
             return run
 
