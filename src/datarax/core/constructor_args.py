@@ -127,4 +127,39 @@ def rebuild(module: Any, *, config: Any, rngs: Any, name: Any) -> Any | None:
     return type(module)(*bound.args, **bound.kwargs)
 
 
-__all__ = ["constructor_arguments", "rebuild", "record_constructor_args", "share_constructor_arguments"]
+def recipe(module: Any) -> tuple[type, Any, dict[str, Any], Any]:
+    """``(class, config, arguments, name)``: what ``from_recipe`` needs to build ``module`` again elsewhere.
+
+    Picklable when the arguments are, so a spawned worker process can rebuild
+    a source or an operator (reopening its files) instead of receiving a
+    pickle of its contents.
+
+    Raises:
+        TypeError: If ``module`` was not built through its constructor.
+    """
+    arguments = _RECORDS.get(module)
+    if arguments is None:
+        raise TypeError(f"{type(module).__name__} was not built through its constructor, so it cannot be rebuilt")
+    return type(module), module.config, dict(arguments), module.name
+
+
+def from_recipe(recipe: tuple[type, Any, dict[str, Any], Any]) -> Any:
+    """Builds the module ``recipe`` describes (see ``recipe``)."""
+    cls, config, arguments, name = recipe
+    signature = _signature_without_self(cls.__init__)
+    bound = signature.bind_partial()
+    bound.arguments.update(arguments)
+    for key, value in (("config", config), ("name", name)):
+        if _named(signature, key):
+            bound.arguments[key] = value
+    return cls(*bound.args, **bound.kwargs)
+
+
+__all__ = [
+    "constructor_arguments",
+    "from_recipe",
+    "rebuild",
+    "recipe",
+    "record_constructor_args",
+    "share_constructor_arguments",
+]

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -27,7 +28,10 @@ from jax.tree_util import keystr, tree_flatten_with_path, tree_map_with_path, tr
 from datarax.core.validation import positive_int
 
 __all__ = [
+    "BytesSpec",
+    "RaggedSpec",
     "add_leading_dim",
+    "is_host_spec",
     "check_conforms",
     "conforms",
     "element_spec_of_batch",
@@ -46,6 +50,8 @@ def _path_str(path: tuple) -> str:
 
 def _leaf_str(leaf: Any) -> str:
     """Renders one spec (or array) leaf as ``dtype[d0,d1]``."""
+    if isinstance(leaf, HOST_SPECS):
+        return str(leaf)
     try:
         dtype = np.dtype(leaf.dtype).name
     except TypeError:  # extended dtypes, e.g. typed PRNG keys
@@ -53,7 +59,58 @@ def _leaf_str(leaf: Any) -> str:
     return f"{dtype}[{','.join(str(d) for d in leaf.shape)}]"
 
 
-def _leaf_spec(path: tuple, leaf: Any) -> jax.ShapeDtypeStruct:
+@dataclasses.dataclass(frozen=True)
+class BytesSpec:
+    """The spec of a host column holding one ``bytes`` value per record (an encoded image, say).
+
+    Only host sources produce such columns; a host operator (``DecodeImage``)
+    turns them into arrays before the batch reaches the device.
+
+    Example:
+        >>> spec_to_str({"jpeg": BytesSpec(), "label": jax.ShapeDtypeStruct((), np.int32)})
+        "{'jpeg': bytes, 'label': int32[]}"
+    """
+
+    def __str__(self) -> str:
+        return "bytes"
+
+
+@dataclasses.dataclass(frozen=True)
+class RaggedSpec:
+    """The spec of a host column holding one array per record whose shape varies (a token list, an image).
+
+    Attributes:
+        dtype: The arrays' dtype.
+        ndim: Their number of dimensions.
+
+    Example:
+        >>> str(RaggedSpec(np.uint8, 3))
+        'uint8[?,?,?]'
+    """
+
+    dtype: Any
+    ndim: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        if not isinstance(self.ndim, int) or isinstance(self.ndim, bool) or self.ndim < 1:
+            raise ValueError(f"RaggedSpec: ndim must be a positive int, got {self.ndim!r}")
+
+    def __str__(self) -> str:
+        return f"{self.dtype.name}[{','.join('?' * self.ndim)}]"
+
+
+HOST_SPECS = (BytesSpec, RaggedSpec)
+
+
+def is_host_spec(leaf: Any) -> bool:
+    """Whether ``leaf`` describes a host-only column (``BytesSpec`` or ``RaggedSpec``)."""
+    return isinstance(leaf, HOST_SPECS)
+
+
+def _leaf_spec(path: tuple, leaf: Any) -> Any:
+    if isinstance(leaf, HOST_SPECS):
+        return leaf
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
         return jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype)
     dtype = np.asarray(leaf).dtype
