@@ -135,7 +135,7 @@ def test_host_schedule_matches_feistel(n, batch_size, shuffle):
 def test_pipeline_device_schedule_matches_feistel(n, batch_size, shuffle):
     pipeline = _pipeline(n, batch_size, shuffle)
     iterator = iter(pipeline)
-    schedule = iterator._records
+    schedule = iterator.feed.records
     assert schedule.stream is pipeline.stream
     assert schedule.chunk_size == chunk_size(batch_size)
     if shuffle:
@@ -147,7 +147,7 @@ def test_pipeline_device_schedule_matches_feistel(n, batch_size, shuffle):
 def test_drop_remainder_schedule_has_only_full_batches(shuffle):
     pipeline = _pipeline(40037, 100, shuffle, drop_remainder=True)
     assert pipeline.batches_per_epoch == 400
-    cursors, rows = _check_schedule(iter(pipeline)._records, epochs=2, device=True)
+    cursors, rows = _check_schedule(iter(pipeline).feed.records, epochs=2, device=True)
     assert len(cursors) == 800 and cursors[399] == (0, 39900) and cursors[400] == (1, 0)
     for epoch in range(2):
         served = np.concatenate(rows[400 * epoch : 400 * (epoch + 1)])
@@ -270,7 +270,7 @@ def test_iterator_uses_the_schedule_chunk_by_chunk():
     seen = []
     for _ in range(170):
         next(iterator)
-        seen.append(iterator._records._cached)
+        seen.append(iterator.feed.records._cached)
     assert seen[0] == (0, 0) and seen[162] == (0, 0) and seen[163] == (0, 16300) and seen[-1] == (0, 16300)
 
 

@@ -77,6 +77,11 @@ class HostOperator(DataraxModule):
         return self.config.stochastic
 
     @property
+    def stream_name(self) -> str | None:
+        """The configured stream name (a stochastic operator's key name unless it has a ``name``)."""
+        return self.config.stream_name
+
+    @property
     def key_name(self) -> str | None:
         """The name its generators derive from: ``name``, else ``stream_name`` (None if deterministic)."""
         if not self.stochastic:

@@ -68,15 +68,18 @@ class StepBinding:
     """One pipeline's live state, bound to its program.
 
     Args:
-        parts: ``(source, sampler, nodes)`` of the pipeline.
+        parts: ``(source, sampler, nodes)`` of the pipeline (``source`` None
+            when the host stage reads it).
         program: The pipeline's ``StepProgram``.
+        host_operators: The host stage's operators (each counts every valid row).
     """
 
-    def __init__(self, parts: Any, program: StepProgram):
+    def __init__(self, parts: Any, program: StepProgram, host_operators: Sequence[Any] = ()):
         self.parts = parts
         self.program = program
         nodes, plan = parts[2], program.plan
-        self._host_applied = [nodes[n]._applied_count for n in plan.host_counted]
+        self._host_applied = [op._applied_count for op in host_operators]
+        self._host_applied += [nodes[n]._applied_count for n in plan.host_counted]
         # The same counters, in the same order, as the step's increments (device_counters).
         self._masks: dict[int, jax.Array] = {}
         self._device_vars = [
@@ -91,6 +94,7 @@ class StepBinding:
         avals = tuple((tuple(np.shape(v)), str(np.asarray(v).dtype)) for v in jax.tree.leaves(counters))
         self.layout = StateLayout(jax.tree.structure(fixed), jax.tree.structure(counters), avals)
         self._step = self.program.step_for(self.layout)
+        self._host_step = self.program.host_step_for(self.layout) if self.program.plan.host_input else None
         self._seen = [v.get_raw_value() for v in self._variables]
         self._leaves = self._fixed_leaves()
         self._num_fixed = len(self._leaves)
@@ -128,6 +132,23 @@ class StepBinding:
         batch[VALID_MASK] = mask if mask is not None else self.valid_mask(valid_rows)
         return batch, increments
 
+    def run_host(
+        self, inputs: Sequence[Any], columns: Any, records: Any, meta: Any, valid_rows: int
+    ) -> tuple[dict[str, jax.Array], Any]:
+        """Computes one batch of a host-read source from its collated columns (see ``run``).
+
+        Args:
+            inputs: The live state's leaves (``inputs()``).
+            columns: The host stage's numpy columns.
+            records: int32 record indices of the rows.
+            meta: int32 ``[epoch, valid rows]``.
+            valid_rows: ``meta[1]`` as an int.
+        """
+        batch, increments = self._host_step(inputs, columns, records, meta)
+        mask = self._masks.get(valid_rows)
+        batch[VALID_MASK] = mask if mask is not None else self.valid_mask(valid_rows)
+        return batch, increments
+
     def valid_mask(self, valid_rows: int) -> jax.Array:
         """The ``valid_mask`` of a batch with ``valid_rows`` real rows (one device array per count, reused)."""
         mask = self._masks.get(valid_rows)
@@ -139,11 +160,11 @@ class StepBinding:
         """The records of the chunk of positions from ``chunk_start``, computed on the device."""
         return self.program.chunk(self.inputs(), self.layout, np.uint32(epoch), np.int32(chunk_start))
 
-    def scan(self, step_fn: Any, modules: tuple, records: Any, metas: Any) -> Any:
-        """Runs ``step_fn`` on the batches of ``records`` / ``metas`` in one scan and commits their counts."""
+    def scan(self, step_fn: Any, modules: tuple, records: Any, metas: Any, columns: Any = None) -> Any:
+        """Runs ``step_fn`` on the batches of ``records`` / ``metas`` (/ ``columns``) in one scan; commits counts."""
         modules_graphdef, module_state = nnx.split(modules)
         run = self.program.scan(step_fn, modules_graphdef)
-        increments, module_state, outputs = run(self.inputs(), self.layout, module_state, records, metas)
+        increments, module_state, outputs = run(self.inputs(), self.layout, module_state, records, metas, columns)
         nnx.update(modules, module_state)
         self.commit(increments, int(np.sum(metas[:, 1])))
         return outputs

@@ -21,10 +21,14 @@ from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
 from datarax.core.data_source import DataSourceModule
+from datarax.core.host_operator import HostOperator
+from datarax.core.host_source import HostSourceModule
 from datarax.core.operator import OperatorModule
 from datarax.core.prng import pipeline_seed
 from datarax.core.spec import spec_to_str
+from datarax.core.validation import non_negative_int
 from datarax.pipeline.dag import SOURCE, DagGraph, validate_dag
+from datarax.pipeline.host_pool import WORKER_KINDS, default_workers
 from datarax.pipeline.program import merge_inputs
 
 
@@ -67,10 +71,10 @@ def key_names(nodes: Mapping[str, OperatorModule], linear: bool) -> dict[str, st
     return names
 
 
-def element_specs(source: Any, nodes: Mapping[str, Any], graph: DagGraph) -> dict[str, Any]:
-    """Every node's output element spec, checked stage by stage (the source's under ``"source"``)."""
+def element_specs(source_spec: Any, nodes: Mapping[str, Any], graph: DagGraph) -> dict[str, Any]:
+    """Every node's output element spec, checked stage by stage (``source_spec`` under ``"source"``)."""
 
-    specs = {SOURCE: source.element_spec()}
+    specs = {SOURCE: source_spec}
     for node in graph.order:
         parts = [specs[p] for p in graph.inputs[node]]
         for key in set().union(*map(set, parts)):
@@ -95,6 +99,30 @@ def element_specs(source: Any, nodes: Mapping[str, Any], graph: DagGraph) -> dic
             raise ValueError(f"Pipeline: stage {node!r} outputs the reserved key {VALID_MASK!r}")
         specs[node] = dict(spec_out)
     return specs
+
+
+def host_operators(host_stages: Any, source: Any) -> list[HostOperator]:
+    """The host stages, checked: a sequence of ``HostOperator``s, given only with a host source."""
+    if isinstance(host_stages, HostOperator) or not isinstance(host_stages, Sequence):
+        raise TypeError(f"Pipeline: host_stages must be a sequence of HostOperators, got {type(host_stages).__name__}")
+    for i, op in enumerate(host_stages):
+        if not isinstance(op, HostOperator):
+            raise TypeError(f"Pipeline: host_stages[{i}] must be a HostOperator, got {type(op).__name__}")
+    if host_stages and not isinstance(source, HostSourceModule):
+        raise ValueError(
+            f"Pipeline: host_stages run on records read on the host, but the source {type(source).__name__} "
+            "lives on the device; use device operators (stages) instead"
+        )
+    return list(host_stages)
+
+
+def host_workers(workers: Any, worker_kind: Any, read_ahead: Any) -> tuple[int, str, int]:
+    """The host stage's ``(workers, worker_kind, read_ahead)``, with the defaults filled in."""
+    if worker_kind not in WORKER_KINDS:
+        raise ValueError(f"Pipeline: worker_kind must be one of {list(WORKER_KINDS)}, got {worker_kind!r}")
+    workers = default_workers() if workers is None else non_negative_int("Pipeline", "workers", workers)
+    read_ahead = 2 * max(1, workers) if read_ahead is None else non_negative_int("Pipeline", "read_ahead", read_ahead)
+    return workers, worker_kind, read_ahead
 
 
 def default_prefetch() -> int:
@@ -134,6 +162,8 @@ def pipeline_seed_for(rngs: nnx.Rngs | None, shuffle: bool, key_names: Mapping[s
 __all__ = [
     "default_prefetch",
     "element_specs",
+    "host_operators",
+    "host_workers",
     "key_names",
     "linear_graph",
     "own_nodes",

@@ -47,7 +47,7 @@ from flax import nnx
 
 from datarax.core.validation import is_int, positive_int
 from datarax.pipeline.binding import StepBinding
-from datarax.pipeline.records import RecordSchedule
+from datarax.pipeline.feeds import DeviceFeed, HostFeed
 from datarax.pipeline.stream import StreamSpec
 
 STATE_VERSION = 1
@@ -71,7 +71,7 @@ class PipelineIterator:
     Args:
         stream: The stream walked.
         binding: The compiled step bound to the pipeline's state.
-        records: The host-side record indices of the stream's batches.
+        feed: Turns a cursor into a batch (``DeviceFeed`` or ``HostFeed``).
         first_epoch: The epoch the iterator starts at.
         num_epochs: Epochs to run (None: forever).
         prefetch: Batches dispatched ahead of the consumer.
@@ -86,7 +86,7 @@ class PipelineIterator:
         *,
         stream: StreamSpec,
         binding: StepBinding,
-        records: RecordSchedule,
+        feed: DeviceFeed | HostFeed,
         first_epoch: int,
         num_epochs: int | None,
         prefetch: int,
@@ -95,7 +95,7 @@ class PipelineIterator:
     ):
         self.stream = stream
         self._binding = binding
-        self._records = records
+        self._feed = feed
         self._reported_epoch = -1
         self._prefetch = prefetch
         self._on_epoch = on_epoch
@@ -119,9 +119,7 @@ class PipelineIterator:
         queue, stop = self._queue, self._stop_epoch
         while len(queue) < depth and (stop is None or self._dispatch[0] < stop):
             epoch, position = self._dispatch
-            chunk, meta = self._records.batch(epoch, position)
-            valid_rows = self._records.valid_rows(position)
-            batch, increments = self._binding.run(inputs, chunk, meta, valid_rows)
+            batch, increments, valid_rows = self._feed.run(inputs, epoch, position, stop)
             # The batch's counts reach the operators when it is handed out.
             queue.append(_Dispatched(epoch, batch, increments, valid_rows, inputs))
             self._dispatch = self.stream.advance(epoch, position)
@@ -148,6 +146,31 @@ class PipelineIterator:
             self._reported_epoch = head.epoch
         self._fill(self._prefetch, inputs)  # keep the device busy while the consumer works
         return head.batch
+
+    @property
+    def feed(self) -> DeviceFeed | HostFeed:
+        """How this iterator turns a cursor into a batch."""
+        return self._feed
+
+    @property
+    def binding(self) -> StepBinding:
+        """The compiled step, bound to the pipeline's state."""
+        return self._binding
+
+    def close(self) -> None:
+        """Stops the host stage's workers, if any (also done when the iterator is garbage-collected).
+
+        The iterator stays usable: a later ``next`` starts new workers.
+        """
+        self._queue.clear()
+        self._dispatch = (self._epoch, self._position)
+        self._feed.close()
+
+    def __enter__(self) -> PipelineIterator:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     @property
     def epoch(self) -> int:
@@ -254,8 +277,7 @@ class PipelineIterator:
         remaining = sum(not self._finished(epoch) for epoch, _ in schedule)
         if remaining < length:
             raise ValueError(f"scan: length={length} but only {remaining} batches remain")
-        records, metas = self._records.batches(schedule)
-        outputs = self._binding.scan(step_fn, modules, records, metas)
+        outputs = self._binding.scan(step_fn, modules, *self._feed.scan_inputs(schedule))
         self._queue.clear()
         for started in sorted({epoch for epoch, _ in schedule}):
             self._on_epoch(started)

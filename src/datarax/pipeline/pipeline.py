@@ -57,6 +57,8 @@ from flax import nnx
 from datarax.core.batch_form import batched_spec, validate_batch_size
 from datarax.core.config import DataraxModuleConfig
 from datarax.core.data_source import DataSourceModule, check_source_traceable
+from datarax.core.host_operator import HostOperator
+from datarax.core.host_source import HostSourceModule
 from datarax.core.module import DataraxModule
 from datarax.core.operator import OperatorModule
 from datarax.core.prng import node_key
@@ -66,6 +68,8 @@ from datarax.pipeline.binding import StepBinding
 from datarax.pipeline.construction import (
     default_prefetch,
     element_specs,
+    host_operators,
+    host_workers,
     key_names,
     linear_graph,
     own_nodes,
@@ -73,7 +77,10 @@ from datarax.pipeline.construction import (
     record_count,
 )
 from datarax.pipeline.dag import validate_dag
+from datarax.pipeline.feeds import DeviceFeed, HostFeed
 from datarax.pipeline.fingerprint import crc32_text, describe_module
+from datarax.pipeline.host_pool import PROCESS, THREAD, HostBatchPool
+from datarax.pipeline.host_stage import HostStage, worker_recipe
 from datarax.pipeline.iterator import PipelineIterator
 from datarax.pipeline.program import PROGRAMS, StepPlan, StepProgram, compute_batch
 from datarax.pipeline.records import RecordSchedule
@@ -88,7 +95,12 @@ class Pipeline(DataraxModule):
     ``sink`` (a DAG rooted at ``"source"``; see ``from_dag``).
 
     Args:
-        source: A ``DataSourceModule`` with ``len`` and a traceable ``get_records``.
+        source: A ``DataSourceModule`` with ``len`` and a traceable
+            ``get_records`` (gathered on the device), or a ``HostSourceModule``
+            (read on the host by the host stage; see below).
+        host_stages: For a host source: ``HostOperator``s run on each record on
+            the host, in order, before the batch goes to the device (decode,
+            resize, tokenise). The last must leave fixed-shape numeric arrays.
         stages: Operators applied in order (a linear pipeline).
         nodes: For a DAG: mapping of node name to operator. An operator
             object used by several nodes is cloned, so every branch has its
@@ -107,11 +119,21 @@ class Pipeline(DataraxModule):
             device busy while Python works, and 0 on CPU, where batches
             computed ahead compete with the consumer for the same cores
             (``benchmarks/run.py`` measures both).
+        workers: For a host source: threads or processes running the host
+            stage; 0 runs it inline. None: ``default_workers()`` (the CPUs
+            this process may use, at most 16).
+        worker_kind: ``"thread"`` (default; readers and decoders that release
+            the GIL) or ``"process"`` (``spawn``ed processes with shared
+            memory, for Python-heavy host operators; the source's and the
+            operators' constructor arguments must then be picklable).
+        read_ahead: Host batches in flight beyond the one requested; None:
+            twice the workers.
         name: Optional module name.
 
     Raises:
-        TypeError: For a source, stage or rngs of the wrong type, or a source
-            whose ``get_records`` cannot be traced.
+        TypeError: For a source, stage or rngs of the wrong type, a source
+            whose ``get_records`` cannot be traced, or (``worker_kind="process"``)
+            a host stage that cannot be sent to a worker process.
         ValueError: For a bad batch size, epoch count or prefetch depth, a
             missing seed, a ``drop_remainder`` pipeline that can never fill a
             batch, an invalid graph, or stages whose specs do not chain (the
@@ -122,6 +144,7 @@ class Pipeline(DataraxModule):
         self,
         *,
         source: DataSourceModule,
+        host_stages: Sequence[HostOperator] = (),
         stages: Sequence[OperatorModule] | None = None,
         nodes: Mapping[str, OperatorModule] | None = None,
         edges: Sequence[tuple[str, str]] | None = None,
@@ -132,6 +155,9 @@ class Pipeline(DataraxModule):
         drop_remainder: bool = False,
         num_epochs: int | None = 1,
         prefetch: int | None = None,
+        workers: int | None = None,
+        worker_kind: str = THREAD,
+        read_ahead: int | None = None,
         name: str | None = None,
     ):
         dag_given = [arg for arg, value in (("nodes", nodes), ("edges", edges), ("sink", sink)) if value is not None]
@@ -159,14 +185,21 @@ class Pipeline(DataraxModule):
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"Pipeline: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}")
         num_records = record_count(source, batch_size, drop_remainder)
-        check_source_traceable(source, batch_size)  # fail here, not at the first batch
+        host = isinstance(source, HostSourceModule)
+        host_ops = host_operators(host_stages, source)
+        host_keys = key_names({f"host_stage_{i}": op for i, op in enumerate(host_ops)}, linear=True)
+        if host:
+            workers, worker_kind, read_ahead = host_workers(workers, worker_kind, read_ahead)
+        else:
+            check_source_traceable(source, batch_size)  # fail here, not at the first batch
         derived = {
             node: key for node, key in key_names(own, linear=not dag_given).items() if not own[node].has_own_rngs
         }
-        seed = pipeline_seed_for(rngs, shuffle, derived)
+        seed = pipeline_seed_for(rngs, shuffle, {**host_keys, **derived})
 
         super().__init__(DataraxModuleConfig(), name=name)
         self.source = source
+        self.host_stages = nnx.List(host_ops)
         self.nodes = nnx.Dict(own)
         self.graph = graph
         self.num_epochs = num_epochs
@@ -184,8 +217,16 @@ class Pipeline(DataraxModule):
             ),
             own_key_salts=tuple((n, zlib.crc32(n.encode())) for n in cloned if own[n].has_own_rngs),
             host_counted=tuple(n for n in graph.order if own[n].counts_every_record),
+            host_input=host,
         )
-        element_specs(self.source, self.nodes, self.graph)
+        self._host_stage = None
+        self._host_pool_options: tuple[Any, ...] = ()
+        if host:
+            operators = [(host_keys.get(f"host_stage_{i}"), op) for i, op in enumerate(host_ops)]
+            self._host_stage = HostStage(source, operators=operators, shuffle=shuffle, seed=seed, batch_size=batch_size)
+            recipe = worker_recipe(self._host_stage) if worker_kind == PROCESS else None
+            self._host_pool_options = (workers, worker_kind, read_ahead, recipe)
+        element_specs(self._source_spec(), self.nodes, self.graph)
         self.stream = StreamSpec(
             num_records=num_records,
             batch_size=batch_size,
@@ -278,9 +319,13 @@ class Pipeline(DataraxModule):
     def __len__(self) -> int:
         return self.stream.batches_per_epoch
 
+    def _source_spec(self) -> Any:
+        """What the device graph receives: the source's records, or the host stage's collated output."""
+        return self._host_stage.spec if self._host_stage is not None else self.source.element_spec()
+
     def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The spec of one output element (the sink's output)."""
-        return dict(element_specs(self.source, self.nodes, self.graph)[self.graph.sink])
+        return dict(element_specs(self._source_spec(), self.nodes, self.graph)[self.graph.sink])
 
     def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The spec of every batch: ``element_spec`` batched, plus ``valid_mask``."""
@@ -300,6 +345,10 @@ class Pipeline(DataraxModule):
             str(self.graph),
             str(self.plan.own_key_salts),
         ]
+        for i, op in enumerate(self.host_stages):
+            parts.append(f"host_stage_{i}={describe_module(op)}")
+        if self._host_stage is not None:
+            parts.append(spec_to_str(self._host_stage.spec))
         for node, op in self.nodes.items():
             parts.append(f"{node}={describe_module(op)}")
             if op.has_own_rngs:
@@ -309,7 +358,8 @@ class Pipeline(DataraxModule):
     # -- the compiled step ----------------------------------------------------
 
     def _parts(self) -> tuple[Any, Any, Any]:
-        return (self.source, self.sampler, self.nodes)
+        # A host source is read by the host stage, never by the step: it stays out of the program.
+        return (None if self.plan.host_input else self.source, self.sampler, self.nodes)
 
     def compute_batch(self, epoch: Any, start: Any) -> dict[str, jax.Array]:
         """Computes the batch whose first row is epoch position ``start`` (traceable).
@@ -320,7 +370,16 @@ class Pipeline(DataraxModule):
 
         Returns:
             The batch dict with ``valid_mask``.
+
+        Raises:
+            TypeError: For a host source, which is read on the host and cannot
+                be traced (iterate the pipeline instead).
         """
+        if self.plan.host_input:
+            raise TypeError(
+                f"Pipeline.compute_batch: the source {type(self.source).__name__} is read on the host, so a batch "
+                "cannot be computed inside a trace; iterate the pipeline (or use Pipeline.scan) instead"
+            )
         return compute_batch(self.plan, self.source, self.sampler, self.nodes, epoch, start)
 
     @property
@@ -344,11 +403,19 @@ class Pipeline(DataraxModule):
             self.next_epoch.set_value(epoch)
 
     def __iter__(self) -> PipelineIterator:
-        binding = StepBinding(self._parts(), self.program)
+        binding = StepBinding(self._parts(), self.program, host_operators=list(self.host_stages))
+        if self._host_stage is not None:
+            workers, kind, read_ahead, recipe = self._host_pool_options
+            pool = HostBatchPool(
+                self._host_stage, self.stream, workers=workers, kind=kind, read_ahead=read_ahead, recipe=recipe
+            )
+            feed: DeviceFeed | HostFeed = HostFeed(pool, binding)
+        else:
+            feed = DeviceFeed(RecordSchedule(self.stream, self.sampler, binding.records_chunk), binding)
         return PipelineIterator(
             stream=self.stream,
             binding=binding,
-            records=RecordSchedule(self.stream, self.sampler, binding.records_chunk),
+            feed=feed,
             first_epoch=int(self.next_epoch.get_value()),
             num_epochs=self.num_epochs,
             prefetch=self.prefetch,

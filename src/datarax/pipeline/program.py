@@ -69,6 +69,8 @@ class StepPlan:
             into its record keys so that the two draw differently.
         host_counted: Nodes whose operator ``counts_every_record``: the step
             does not count them, the iterator adds the valid rows on the host.
+        host_input: The source is read by the host stage: the step receives
+            its columns instead of gathering them.
     """
 
     graph: DagGraph
@@ -77,6 +79,7 @@ class StepPlan:
     node_keys: tuple[tuple[str, tuple[int, ...]], ...]
     own_key_salts: tuple[tuple[str, int], ...]
     host_counted: tuple[str, ...] = ()
+    host_input: bool = False
 
     @property
     def device_counted(self) -> tuple[str, ...]:
@@ -151,6 +154,7 @@ def transform_records(
     valid: Any,
     epoch: Any,
     uncounted: Sequence[str] = (),
+    columns: Mapping[str, Any] | None = None,
 ) -> dict[str, jax.Array]:
     """Gathers ``records`` and runs every node on them: the part of a batch after the sampler.
 
@@ -162,11 +166,13 @@ def transform_records(
         valid: bool ``(B,)``, the ``valid_mask``.
         epoch: The epoch (for record keys).
         uncounted: Nodes whose counters are left alone (counted elsewhere).
+        columns: The records' columns when the host stage has read them
+            (then ``source`` is not used).
 
     Returns:
         The batch dict, with ``valid_mask``.
     """
-    values = {SOURCE: source.get_records(records)}
+    values = {SOURCE: dict(columns) if columns is not None else source.get_records(records)}
     for node in plan.graph.order:
         op = nodes[node]
         inputs = merge_inputs([values[p] for p in plan.graph.inputs[node]])
@@ -210,7 +216,7 @@ class StepProgram:
         self.plan = plan
         self.trace_count = 0
         self.chunk = jax.jit(self._chunk, static_argnums=1)
-        self._steps: dict[StateLayout, Callable[..., Any]] = {}
+        self._steps: dict[Any, Callable[..., Any]] = {}
         self.accumulate = jax.jit(_accumulate)
         self._scans: dict[Any, Callable[..., Any]] = {}
 
@@ -219,10 +225,12 @@ class StepProgram:
         zeros = [jnp.zeros(shape, dtype) for shape, dtype in layout.counter_avals]
         return nnx.merge(self.graphdef, fixed_state, jax.tree.unflatten(layout.counters, zeros))
 
-    def _batch(self, parts: Any, records: Any, meta: Any) -> tuple[dict[str, jax.Array], Any]:
+    def _batch(self, parts: Any, records: Any, meta: Any, columns: Any = None) -> tuple[dict[str, jax.Array], Any]:
         source, _, nodes = parts
         valid = jnp.arange(self.plan.batch_size, dtype=jnp.int32) < meta[1]
-        batch = transform_records(self.plan, source, nodes, records, valid, meta[0], self.plan.host_counted)
+        batch = transform_records(
+            self.plan, source, nodes, records, valid, meta[0], self.plan.host_counted, columns=columns
+        )
         increments = device_counters(nodes, self.plan)
         return batch, (jnp.stack(increments) if increments else None)
 
@@ -240,6 +248,24 @@ class StepProgram:
                 return self._step(fixed, layout, chunk, meta)
 
             jitted = self._steps[layout] = jax.jit(pipeline_step)
+        return jitted
+
+    def host_step_for(self, layout: StateLayout) -> Callable[..., Any]:
+        """The jitted ``step(fixed, columns, records, meta)`` of a host-read source, ``meta = [epoch, valid rows]``.
+
+        The host stage has read and collated the records (``columns``, one
+        numpy array per column); the step runs the device operators on them.
+        """
+        key = ("host", layout)
+        jitted = self._steps.get(key)
+        if jitted is None:
+
+            def pipeline_host_step(fixed, columns, records, meta):
+                self.trace_count += 1  # runs only while tracing: counts compilations
+                batch, increments = self._batch(self._merged(fixed, layout), records, meta, columns)
+                return {k: v for k, v in batch.items() if k != VALID_MASK}, increments
+
+            jitted = self._steps[key] = jax.jit(pipeline_host_step)
         return jitted
 
     def _step(self, fixed, layout, chunk, meta):
@@ -261,17 +287,18 @@ class StepProgram:
         return sampler.indices_at(positions, n, epoch).astype(jnp.int32)
 
     def scan(self, step_fn: Callable[..., Any], modules_graphdef: Any) -> Callable[..., Any]:
-        """The jitted ``run(fixed, layout, module_state, records, metas)`` for ``step_fn``.
+        """The jitted ``run(fixed, layout, module_state, records, metas[, columns])`` for ``step_fn``.
 
-        It computes one batch per row of ``records`` / ``metas`` (as the
-        per-batch step does) and feeds it to ``step_fn(batch, *modules)``
-        inside one ``jax.lax.scan``, the modules' state and the counter
-        increments being the carry. Returns ``(increments, module_state, outputs)``.
+        It computes one batch per row of ``records`` / ``metas`` (and of the
+        host-read ``columns``, stacked, for a host source), as the per-batch
+        step does, and feeds it to ``step_fn(batch, *modules)`` inside one
+        ``jax.lax.scan``, the modules' state and the counter increments being
+        the carry. Returns ``(increments, module_state, outputs)``.
         """
         cache_key = (step_fn, modules_graphdef)
         if cache_key not in self._scans:
 
-            def run(fixed, layout, module_state, records, metas):
+            def run(fixed, layout, module_state, records, metas, columns=None):
                 def body(carry, cursor):
                     total, module_state = carry
                     modules = nnx.merge(modules_graphdef, module_state)
@@ -281,9 +308,11 @@ class StepProgram:
                     return (total, nnx.state(modules)), out
 
                 self.trace_count += 1
-                zero = jax.eval_shape(lambda: self._batch(self._merged(fixed, layout), records[0], metas[0])[1])
+                first = jax.tree.map(lambda x: x[0], (records, metas, columns))
+                zero = jax.eval_shape(lambda: self._batch(self._merged(fixed, layout), *first)[1])
                 start = None if zero is None else jnp.zeros(zero.shape, zero.dtype)
-                (total, module_state), outputs = jax.lax.scan(body, (start, module_state), (records, metas))
+                xs = (records, metas, columns)
+                (total, module_state), outputs = jax.lax.scan(body, (start, module_state), xs)
                 return total, module_state, outputs
 
             self._scans[cache_key] = jax.jit(run, static_argnums=1)

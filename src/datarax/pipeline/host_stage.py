@@ -1,0 +1,272 @@
+"""``HostStage``: one batch of a host source, read, transformed and collated on the host.
+
+For a host source (``datarax.core.host_source``) a batch's records cannot be
+gathered inside the jitted step. The host stage computes them instead, as a
+pure function of the batch's cursor ``(epoch, start)``:
+
+    positions [start, start+B)  ->  records (the sampler's numpy Feistel, bit-identical to the device's)
+    ->  source.read_records(the valid rows' records)
+    ->  every host operator, record by record (a generator per record: host_rng)
+    ->  one fixed-shape numpy array per column, padding rows repeating the last real row
+
+so the batch does not depend on which worker, thread or process computes it,
+or on how many there are: ``datarax.pipeline.host_pool`` runs ``compute`` for
+upcoming cursors in a pool and hands the results over in stream order. The
+output spec (one shape and dtype per column) is inferred from the first
+record when the pipeline is built (``infer_spec``); a later record that
+differs stops the stream with a ``HostStageError`` naming the record.
+
+Any failure names what failed: the source, the record index (a failing batch
+read is retried record by record to find it), the operator and the original
+exception. ``HostStageError`` carries only a message, so it crosses process
+boundaries intact.
+
+Example:
+    >>> import jax, numpy as np
+    >>> from datarax.core.config import StructuralConfig
+    >>> from datarax.core.host_source import HostSourceModule
+    >>> class Squares(HostSourceModule):
+    ...     def __len__(self):
+    ...         return 10
+    ...     def element_spec(self):
+    ...         return {"x": jax.ShapeDtypeStruct((), np.int64)}
+    ...     def read_records(self, indices):
+    ...         return {"x": indices ** 2}
+    >>> stage = HostStage(Squares(StructuralConfig()), operators=(), shuffle=False, seed=0, batch_size=4)
+    >>> columns, records, valid_rows = stage.compute(0, 8)
+    >>> columns["x"].tolist(), records.tolist(), valid_rows
+    ([64, 81, 81, 81], [8, 9, 9, 9], 2)
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from datarax.core.host_operator import HostOperator
+from datarax.core.host_source import HostSourceModule, check_columns
+from datarax.core.prng import HostRng, host_rng_states
+from datarax.core.spec import is_host_spec, spec_to_str
+from datarax.samplers.feistel import feistel_permute_np
+
+
+class HostStageError(RuntimeError):
+    """A record could not be read or transformed on the host (the message says which and why)."""
+
+
+def _describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class HostStage:
+    """Computes host batches of one stream (see the module docstring).
+
+    Args:
+        source: The host source.
+        operators: ``(key name or None, operator)`` pairs, in order.
+        shuffle: Whether epochs are Feistel permutations.
+        seed: The pipeline seed (shuffle and host generators).
+        batch_size: Rows per batch.
+        spec: The collated element spec; inferred from the first record if None.
+    """
+
+    def __init__(
+        self,
+        source: HostSourceModule,
+        *,
+        operators: Sequence[tuple[str | None, HostOperator]],
+        shuffle: bool,
+        seed: int,
+        batch_size: int,
+        spec: Mapping[str, jax.ShapeDtypeStruct] | None = None,
+    ):
+        self.source = source
+        self.operators = tuple(operators)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_records = len(source)
+        self._source_spec = dict(source.element_spec())
+        self._local = threading.local()  # one HostRng per thread (see _generator)
+        self.spec = dict(spec) if spec is not None else self.infer_spec()
+
+    # -- records --------------------------------------------------------------
+
+    def records(self, epoch: int, start: int) -> tuple[np.ndarray, int]:
+        """The batch's record indices (padding rows repeat the last real one) and its valid rows."""
+        n = self.num_records
+        positions = np.minimum(np.arange(start, start + self.batch_size, dtype=np.int64), n - 1)
+        records = feistel_permute_np(positions, n, self.seed, epoch) if self.shuffle else positions
+        return np.asarray(records, dtype=np.int64), min(self.batch_size, n - start)
+
+    def _read(self, indices: np.ndarray) -> dict[str, Any]:
+        owner = type(self.source).__name__
+        try:
+            columns = self.source.read_records(indices)
+            check_columns(owner, columns, self._source_spec, len(indices))
+            return columns
+        except Exception as error:  # noqa: BLE001 - re-raised naming the record
+            failing = self._failing_record(indices) if len(indices) > 1 else int(indices[0])
+            raise HostStageError(
+                f"host stage: {owner} could not read record {failing}: {_describe_error(error)}"
+            ) from error
+
+    def _failing_record(self, indices: np.ndarray) -> Any:
+        for index in indices:
+            try:
+                self.source.read_records(indices[index == indices][:1])
+            except Exception:  # noqa: BLE001 - looking for the record that fails
+                return int(index)
+        return f"among {indices[:8].tolist()}{'...' if len(indices) > 8 else ''}"
+
+    # -- per-record operators -------------------------------------------------
+
+    def _generator(self) -> HostRng:
+        # Threads of a pool share the stage: each keeps its own generator.
+        rng = getattr(self._local, "rng", None)
+        if rng is None:
+            rng = self._local.rng = HostRng()
+        return rng
+
+    def _transform(self, element: dict[str, Any], record: int, states: list[Any], row: int) -> dict[str, Any]:
+        rng = self._generator() if states else None
+        for (key_name, op), state in zip(self.operators, states or [None] * len(self.operators), strict=True):
+            generator = rng.for_state(state[row]) if key_name is not None else None
+            try:
+                element = op.apply(element, generator)
+            except Exception as error:  # noqa: BLE001 - re-raised naming the record and operator
+                raise HostStageError(
+                    f"host stage: {type(op).__name__} failed on record {record} of {type(self.source).__name__}: "
+                    f"{_describe_error(error)}"
+                ) from error
+            if not isinstance(element, Mapping):
+                raise HostStageError(
+                    f"host stage: {type(op).__name__}.apply must return a dict, got {type(element).__name__} "
+                    f"for record {record}"
+                )
+        return dict(element)
+
+    # -- a batch --------------------------------------------------------------
+
+    def compute(
+        self, epoch: int, start: int, out: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        """The host batch whose first row is epoch position ``start``.
+
+        Args:
+            epoch: The epoch.
+            start: Epoch position of the first row.
+            out: Optional preallocated arrays (one per column of ``spec``,
+                batched) to write into, e.g. views of shared memory.
+
+        Returns:
+            ``(columns, records, valid_rows)``: one ``(B, ...)`` array per
+            column, the int64 record indices, and the number of real rows.
+
+        Raises:
+            HostStageError: Naming the source, record and operator that failed.
+        """
+        records, valid_rows = self.records(epoch, start)
+        read = self._read(records[:valid_rows])
+        columns = out if out is not None else self.allocate()
+        if not self.operators:
+            for name, column in columns.items():
+                column[:valid_rows] = read[name]
+        else:
+            states = [
+                host_rng_states(self.seed, key_name, epoch, records[:valid_rows]) if key_name is not None else None
+                for key_name, _ in self.operators
+            ]
+            stochastic = any(s is not None for s in states)
+            for row in range(valid_rows):
+                element = {name: read[name][row] for name in read}
+                element = self._transform(element, int(records[row]), states if stochastic else [], row)
+                self._store(columns, element, row, int(records[row]))
+        for column in columns.values():
+            column[valid_rows:] = column[valid_rows - 1]
+        return columns, records, valid_rows
+
+    def allocate(self) -> dict[str, np.ndarray]:
+        """Empty output arrays for one batch."""
+        return {name: np.empty((self.batch_size, *leaf.shape), leaf.dtype) for name, leaf in self.spec.items()}
+
+    def _store(self, columns: Mapping[str, np.ndarray], element: Mapping[str, Any], row: int, record: int) -> None:
+        if set(element) != set(columns):
+            raise HostStageError(
+                f"host stage: record {record} has columns {sorted(element)} but the first record had {sorted(columns)}"
+            )
+        for name, column in columns.items():
+            value = np.asarray(element[name])
+            if value.shape != column.shape[1:] or value.dtype != column.dtype:
+                raise HostStageError(
+                    f"host stage: column {name!r} of record {record} is {value.dtype}{list(value.shape)} but the "
+                    f"first record's is {column.dtype}{list(column.shape[1:])}; every record must collate to one "
+                    "shape (resize or pad it with a host operator)"
+                )
+            column[row] = value
+
+    def infer_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The collated element spec: what the host stage makes of record 0 (epoch 0).
+
+        Raises:
+            HostStageError: If reading or transforming record 0 fails.
+            TypeError: If a column is not a numeric array (bytes left undecoded, say).
+        """
+        records = np.zeros(1, np.int64)
+        read = self._read(records)
+        element = {name: read[name][0] for name in read}
+        if self.operators:
+            states = [
+                host_rng_states(self.seed, key_name, 0, records) if key_name is not None else None
+                for key_name, _ in self.operators
+            ]
+            element = self._transform(element, 0, states, 0)
+        spec = {}
+        for name, value in element.items():
+            array = np.asarray(value) if not isinstance(value, bytes | str) else None
+            if array is None or array.dtype.kind not in "biuf":
+                kind = type(value).__name__ if array is None else str(array.dtype)
+                source_leaf = self._source_spec.get(name)
+                hint = f" (the source's {spec_to_str(source_leaf)})" if is_host_spec(source_leaf) else ""
+                raise TypeError(
+                    f"host stage: column {name!r} of record 0 is {kind}{hint}, not a numeric array: only numeric "
+                    "arrays reach the device; decode or drop it with a host operator (e.g. DecodeImage)"
+                )
+            spec[name] = jax.ShapeDtypeStruct(array.shape, array.dtype)
+        return spec
+
+
+def worker_recipe(stage: HostStage) -> tuple:
+    """What a worker process rebuilds ``stage`` from (see ``datarax.pipeline.host_pool``), checked to pickle.
+
+    Raises:
+        TypeError: If the source or an operator cannot be sent to a worker
+            process (not built through its constructor, or holding an
+            argument that does not pickle, such as a lambda); the message
+            names it.
+    """
+    parts = [("the source " + type(stage.source).__name__, stage.source)]
+    parts += [(f"host_stages[{i}] ({type(op).__name__})", op) for i, (_, op) in enumerate(stage.operators)]
+    recipes = []
+    for what, module in parts:
+        try:
+            recipe = module.worker_recipe()
+            pickle.dumps(recipe)
+        except Exception as error:  # noqa: BLE001 - re-raised naming the part
+            raise TypeError(
+                f"Pipeline: worker_kind='process' rebuilds the host stage in each worker process from the "
+                f"constructor arguments of its parts, but {what} cannot be sent: {type(error).__name__}: {error}. "
+                "Use module-level functions (not lambdas or closures), or worker_kind='thread'"
+            ) from error
+        recipes.append(recipe)
+    spec = tuple((name, tuple(leaf.shape), np.dtype(leaf.dtype).str) for name, leaf in stage.spec.items())
+    operators = [(key, recipe) for (key, _), recipe in zip(stage.operators, recipes[1:], strict=True)]
+    return recipes[0], operators, stage.shuffle, stage.seed, stage.batch_size, spec
+
+
+__all__ = ["HostStage", "HostStageError", "worker_recipe"]
