@@ -6,10 +6,10 @@ import inspect
 import pytest
 
 import datarax.operators as operators
-from datarax.operators import composite, element, image, probabilistic, selector
+from datarax.operators import composite, element, host_image, host_map, image, probabilistic, selector
 from datarax.operators import map as map_module
 
-MODULES = [element, map_module, composite, probabilistic, selector, image]
+MODULES = [element, map_module, composite, probabilistic, selector, image, host_image, host_map]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -7,6 +7,13 @@
 * ``SelectorOperator``: one randomly chosen child per record.
 * ``RandomFlip``: mirror images (or any arrays) along an axis with probability ``p``.
 
+Host operators (``datarax.core.host_operator``) run per record on the host, in a pipeline's host
+stage, before the batch reaches the device:
+
+* ``HostMapOperator``: a user function ``fn(element, rng)``.
+* ``DecodeImage``, ``HostResize``, ``HostCenterCrop``, ``HostRandomResizedCrop``: encoded images to
+  fixed-shape uint8 arrays (the ``image`` extra: PIL and simplejpeg, imported when first built).
+
 Every operator follows ``datarax.core.operator.OperatorModule``: ``apply`` is pure, randomness
 comes only from the per-record key, and ``output_spec`` checks compatibility at construction.
 Operators that hold children give child ``i`` a key folded from their own record key.
@@ -14,6 +21,17 @@ Operators that hold children give child ``i`` a key folded from their own record
 
 from datarax.operators.composite import STRATEGIES, CompositeOperator, CompositeOperatorConfig
 from datarax.operators.element import ElementOperator, ElementOperatorConfig
+from datarax.operators.host_image import (
+    DecodeImage,
+    DecodeImageConfig,
+    HostCenterCrop,
+    HostCenterCropConfig,
+    HostRandomResizedCrop,
+    HostRandomResizedCropConfig,
+    HostResize,
+    HostResizeConfig,
+)
+from datarax.operators.host_map import HostMapOperator, HostMapOperatorConfig
 from datarax.operators.image import RandomFlip, RandomFlipConfig
 from datarax.operators.map import MapOperator, MapOperatorConfig
 from datarax.operators.probabilistic import ProbabilisticOperator, ProbabilisticOperatorConfig
@@ -23,8 +41,18 @@ __all__ = [
     "STRATEGIES",
     "CompositeOperator",
     "CompositeOperatorConfig",
+    "DecodeImage",
+    "DecodeImageConfig",
     "ElementOperator",
     "ElementOperatorConfig",
+    "HostCenterCrop",
+    "HostCenterCropConfig",
+    "HostMapOperator",
+    "HostMapOperatorConfig",
+    "HostRandomResizedCrop",
+    "HostRandomResizedCropConfig",
+    "HostResize",
+    "HostResizeConfig",
     "MapOperator",
     "MapOperatorConfig",
     "ProbabilisticOperator",

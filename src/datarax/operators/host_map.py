@@ -54,6 +54,14 @@ class HostMapOperator(HostOperator):
 
     Raises:
         TypeError: If ``config`` is not a ``HostMapOperatorConfig`` or ``fn`` is not callable.
+
+    Example:
+        >>> import numpy as np
+        >>> def jitter(element, rng):
+        ...     return {**element, "x": element["x"] + rng.integers(0, 3)}
+        >>> op = HostMapOperator(HostMapOperatorConfig(stochastic=True, stream_name="jitter"), fn=jitter)
+        >>> op.key_name, bool(10 <= op.apply({"x": 10}, np.random.default_rng(0))["x"] <= 12)
+        ('jitter', True)
     """
 
     def __init__(
