@@ -237,7 +237,11 @@ class HostBatchPool:
             self._pending.append((cursor, self._executor.submit(self.stage.compute, epoch, start), None))
             return
         block = self._free.pop()
-        future = self._executor.submit(_worker_compute, epoch, start, block.name)
+        try:
+            future = self._executor.submit(_worker_compute, epoch, start, block.name)
+        except BaseException:
+            self._free.append(block)
+            raise
         self._pending.append((cursor, future, block))
 
     def _top_up(self, stop_epoch: int | None) -> None:
@@ -262,17 +266,25 @@ class HostBatchPool:
                 future.cancel()
         self._next = None
 
+    def _worker_died(self, cursor: tuple[int, int], block: Any, error: BaseException) -> HostStageError:
+        """Frees everything after a worker process died; the error to raise (the next request starts new workers)."""
+        if block is not None:
+            self._free.append(block)
+        self._discard()
+        self._stop_workers()
+        failure = HostStageError(
+            f"host stage: a worker process of {type(self.stage.source).__name__} died while computing the "
+            f"batch at epoch {cursor[0]}, position {cursor[1]} (killed, or out of memory); restore the "
+            "iterator's last state to continue with new workers"
+        )
+        failure.__cause__ = error
+        return failure
+
     def _result(self, cursor: tuple[int, int], future: Any, block: Any) -> tuple[dict[str, np.ndarray], Any, int]:
         try:
             value = future.result()
         except BrokenProcessPool as error:
-            self._discard()
-            self._stop_workers()
-            raise HostStageError(
-                f"host stage: a worker process of {type(self.stage.source).__name__} died while computing the "
-                f"batch at epoch {cursor[0]}, position {cursor[1]} (killed, or out of memory); restore the "
-                "iterator's last state to continue with new workers"
-            ) from error
+            raise self._worker_died(cursor, block, error) from error
         except BaseException:
             if block is not None:
                 self._free.append(block)
@@ -308,14 +320,18 @@ class HostBatchPool:
                 self._discard()
             if self._executor is None:
                 self._start()
-            if not self._pending:
-                self._next = cursor
+            head = None
+            try:
+                if not self._pending:
+                    self._next = cursor
+                    self._top_up(stop_epoch)
+                    if not self._pending:  # read_ahead 0 or no free block: this batch alone
+                        self._submit(cursor)
+                        self._next = self.stream.advance(*cursor)
+                head = self._pending.popleft()
                 self._top_up(stop_epoch)
-                if not self._pending:  # read_ahead 0 or no free block: this batch alone
-                    self._submit(cursor)
-                    self._next = self.stream.advance(*cursor)
-            head = self._pending.popleft()
-            self._top_up(stop_epoch)
+            except BrokenProcessPool as error:  # a worker died before this batch was submitted
+                raise self._worker_died(cursor, None if head is None else head[2], error) from error
         return self._result(*head)
 
 

@@ -92,6 +92,7 @@ class HostStage:
         self.batch_size = batch_size
         self.num_records = len(source)
         self._source_spec = dict(source.element_spec())
+        self._ragged = any(is_host_spec(leaf) for leaf in self._source_spec.values())
         self._local = threading.local()  # one HostRng per thread (see _generator)
         self.spec = dict(spec) if spec is not None else self.infer_spec()
 
@@ -174,9 +175,12 @@ class HostStage:
         records, valid_rows = self.records(epoch, start)
         read = self._read(records[:valid_rows])
         columns = out if out is not None else self.allocate()
-        if not self.operators:
+        if not self.operators and not self._ragged:
             for name, column in columns.items():
                 column[:valid_rows] = read[name]
+        elif not self.operators:  # ragged columns: each record is checked against record 0's shape
+            for row in range(valid_rows):
+                self._store(columns, {name: read[name][row] for name in read}, row, int(records[row]))
         else:
             states = [
                 host_rng_states(self.seed, key_name, epoch, records[:valid_rows]) if key_name is not None else None

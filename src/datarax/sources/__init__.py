@@ -1,5 +1,31 @@
-"""Data sources: where records come from."""
+"""Data sources: where records come from.
 
+* ``MemorySource``: arrays held on the device, gathered inside the compiled step.
+* Host sources (read on the host by the pipeline's host stage, from files that
+  may be larger than memory): ``NumpyFileSource`` (``.npy`` files),
+  ``ParquetSource`` (the ``parquet`` extra), ``ArrayRecordSource`` (the
+  ``arrayrecord`` extra; records in the safe format of
+  ``datarax.sources.record_format``, or decoded by a function of yours).
+
+Backends are imported when a source is built, never by ``import datarax``.
+"""
+
+from datarax.sources.array_record_source import ArrayRecordSource, ArrayRecordSourceConfig
 from datarax.sources.memory_source import MemorySource, MemorySourceConfig
+from datarax.sources.numpy_file_source import NumpyFileSource, NumpyFileSourceConfig
+from datarax.sources.parquet_source import ParquetSource, ParquetSourceConfig
+from datarax.sources.record_format import decode_record, encode_record, write_array_record
 
-__all__ = ["MemorySource", "MemorySourceConfig"]
+__all__ = [
+    "ArrayRecordSource",
+    "ArrayRecordSourceConfig",
+    "MemorySource",
+    "MemorySourceConfig",
+    "NumpyFileSource",
+    "NumpyFileSourceConfig",
+    "ParquetSource",
+    "ParquetSourceConfig",
+    "decode_record",
+    "encode_record",
+    "write_array_record",
+]
