@@ -174,6 +174,9 @@ class HostStage:
         """
         records, valid_rows = self.records(epoch, start)
         read = self._read(records[:valid_rows])
+        if out is None and valid_rows == self.batch_size and not self.operators and not self._ragged:
+            # The read is already the batch (checked against the spec): no copy.
+            return {name: np.ascontiguousarray(read[name]) for name in self.spec}, records, valid_rows
         columns = out if out is not None else self.allocate()
         if not self.operators and not self._ragged:
             for name, column in columns.items():

@@ -1,0 +1,625 @@
+"""Host sources against hand-written loaders and the peers, on the same files, in one run.
+
+Usage::
+
+    python -m benchmarks.host_files                          # W1F and W4 at full size
+    python -m benchmarks.host_files --workloads W4 --scale 0.25 --repeats 3 --out bench-results/host.md
+
+Workloads (files written once under ``--data-dir``, reused by later runs):
+
+* **W1F**: 50,000 x 32x32x3 uint8 images + int32 labels in a ``.npy`` pair,
+  a Parquet file and an ArrayRecord file; shuffle, /255, random horizontal
+  flip, batch 128. datarax reads each format with its source (host stage,
+  worker threads) and runs /255 and ``RandomFlip`` on the device. The
+  reference is the faster of two hand-written loops over the ``.npy`` memmap:
+  NumPy fancy-index gather + vectorised transform + ``jax.device_put``, and
+  the same gather + ``jax.device_put`` of the uint8 batch + one jitted
+  flip-and-normalise.
+* **W4**: 20,000 JPEGs with sides drawn from 160–320 px (generated here),
+  stored in ArrayRecord (the built-in record format) and in Parquet; decode
+  + random-resized-crop to 128x128 on the host, random flip + /255, shuffle,
+  batch 128. Everyone decodes and crops with the same code (the operators'
+  own ``apply``), so what differs is the loader: datarax (threads, and
+  spawned processes), a hand-written ``ThreadPoolExecutor`` loop, PyTorch's
+  ``DataLoader`` with 0 and 2 worker processes, and Grain's ``DataLoader`` and
+  ``mp_prefetch`` with 0 and 2 workers (torch and grain from the ``bench``
+  extra). Every system's batch is moved to the device and flipped and
+  normalised there by the same jitted function (datarax: by its own device
+  operators).
+
+Each round starts every system in turn (workers included), takes its first
+batch (time to first batch: construction, worker start and compilation
+included), consumes a few warm-up batches, times one epoch's worth of batches
+consumed as a training loop does, and closes it, so no system's workers run
+while another is timed. Medians over ``--repeats`` rounds. Reported beside
+throughput: CPU utilisation (process + worker CPU seconds / wall seconds /
+cores) and peak RSS (this process + its workers, sampled every 20 ms during
+the timed batches; this process holds every system's files and JAX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import io
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks.baselines import consume
+from datarax import Pipeline
+from datarax.operators import ElementOperator, ElementOperatorConfig, RandomFlip, RandomFlipConfig
+from datarax.operators.host_image import (
+    DecodeImage,
+    DecodeImageConfig,
+    HostRandomResizedCrop,
+    HostRandomResizedCropConfig,
+)
+from datarax.pipeline.host_pool import default_workers
+from datarax.sources import (
+    ArrayRecordSource,
+    ArrayRecordSourceConfig,
+    NumpyFileSource,
+    NumpyFileSourceConfig,
+    ParquetSource,
+    ParquetSourceConfig,
+)
+from datarax.sources.record_format import decode_record, write_array_record
+
+try:
+    import grain
+except ImportError:  # the bench extra is not installed
+    grain = None
+
+BATCH = 128
+CROP = 128
+
+# -- data -----------------------------------------------------------------------
+
+
+def write_w1_files(root: Path, n: int) -> dict[str, Path]:
+    """The W1 images and labels as .npy, Parquet and ArrayRecord (written once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "image": root / "image.npy",
+        "label": root / "label.npy",
+        "parquet": root / "w1.parquet",
+        "array_record": root / "w1.array_record",
+    }
+    if all(p.exists() for p in paths.values()):
+        return paths
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n).astype(np.int32)
+    np.save(paths["image"], images)
+    np.save(paths["label"], labels)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 32 * 32 * 3)
+    pq.write_table(pa.table({"image": flat, "label": labels}), paths["parquet"], row_group_size=1024)
+    write_array_record(paths["array_record"], ({"image": images[i], "label": labels[i]} for i in range(n)))
+    return paths
+
+
+def write_w4_files(root: Path, n: int) -> dict[str, Path]:
+    """``n`` JPEGs (sides 160-320 px, quality 90) with labels, in ArrayRecord and Parquet (written once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {"array_record": root / "w4.array_record", "parquet": root / "w4.parquet"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    rng = np.random.default_rng(1)
+    jpegs, labels = [], rng.integers(0, 10, size=n).astype(np.int32)
+    for _ in range(n):
+        h, w = (int(s) for s in rng.integers(160, 321, size=2))
+        # Smooth gradients plus noise: compresses like a photograph, not like noise.
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=-1)
+        image = np.clip(base + rng.integers(-20, 21, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    write_array_record(paths["array_record"], ({"jpeg": jpegs[i], "label": labels[i]} for i in range(n)))
+    table = pa.table({"jpeg": pa.array(jpegs, type=pa.binary()), "label": labels})
+    pq.write_table(table, paths["parquet"], row_group_size=256)
+    return paths
+
+
+# -- the shared device transform ------------------------------------------------
+
+
+@jax.jit
+def flip_normalize(image, label, key):
+    """Random horizontal flip (per row) and /255 on the device: what every W1F/W4 system runs last."""
+    coins = jax.random.bernoulli(key, 0.5, (image.shape[0],))
+    width = image.shape[2]
+    columns = jnp.where(coins[:, None], jnp.arange(width)[::-1], jnp.arange(width))
+    flipped = jnp.take_along_axis(image, columns[:, None, :, None], axis=2)
+    return {"image": flipped.astype(jnp.float32) / 255.0, "label": label}
+
+
+def _normalize(element, key):
+    return {**element, "image": element["image"].astype(jnp.float32) / 255.0}
+
+
+def _unflatten(element, key):
+    return {**element, "image": element["image"].reshape(32, 32, 3)}
+
+
+def device_stages(*, unflatten: bool = False) -> list:
+    stages = [ElementOperator(ElementOperatorConfig(), fn=_unflatten)] if unflatten else []
+    return [*stages, RandomFlip(RandomFlipConfig()), ElementOperator(ElementOperatorConfig(), fn=_normalize)]
+
+
+# -- datarax --------------------------------------------------------------------
+
+
+# A system is a factory: ``start() -> (stream, close)``, ``stream`` an endless
+# iterator of device batches. Each timed round starts the system, runs a
+# warm-up, times one epoch's worth of batches and closes it, so no system's
+# workers are alive (and competing for the cores) while another is timed.
+System = Callable[[], tuple[Iterator[Any], Callable[[], None]]]
+WARMUP_BATCHES = 8
+
+
+def datarax_system(build: Callable[[], Pipeline]) -> System:
+    def start():
+        iterator = iter(build())
+        return iterator, iterator.close
+
+    return start
+
+
+def w1f_pipelines(paths: dict[str, Path], workers: int) -> dict[str, Callable[[], Pipeline]]:
+    common = {"batch_size": BATCH, "rngs": nnx.Rngs(0), "shuffle": True, "drop_remainder": True, "num_epochs": None}
+    npy = {"image": paths["image"], "label": paths["label"]}
+    return {
+        f"datarax .npy ({workers} threads)": lambda: Pipeline(
+            source=NumpyFileSource(NumpyFileSourceConfig(), paths=npy),
+            stages=device_stages(),
+            workers=workers,
+            **common,
+        ),
+        "datarax .npy (inline)": lambda: Pipeline(
+            source=NumpyFileSource(NumpyFileSourceConfig(), paths=npy), stages=device_stages(), workers=0, **common
+        ),
+        f"datarax Parquet ({workers} threads)": lambda: Pipeline(
+            source=ParquetSource(ParquetSourceConfig(), paths=paths["parquet"]),
+            stages=device_stages(unflatten=True),
+            workers=workers,
+            **common,
+        ),
+        f"datarax ArrayRecord ({workers} threads)": lambda: Pipeline(
+            source=ArrayRecordSource(ArrayRecordSourceConfig(), paths=paths["array_record"]),
+            stages=device_stages(),
+            workers=workers,
+            **common,
+        ),
+    }
+
+
+def w4_host_stages() -> list:
+    return [
+        DecodeImage(DecodeImageConfig(field="jpeg")),
+        HostRandomResizedCrop(HostRandomResizedCropConfig(field="jpeg", size=(CROP, CROP))),
+    ]
+
+
+def _rename(element, key):
+    return {"image": element["jpeg"], "label": element["label"]}
+
+
+def w4_pipelines(paths: dict[str, Path], workers: int) -> dict[str, Callable[[], Pipeline]]:
+    common = {"batch_size": BATCH, "rngs": nnx.Rngs(0), "shuffle": True, "drop_remainder": True, "num_epochs": None}
+
+    def build(source, **kw):
+        stages = [ElementOperator(ElementOperatorConfig(), fn=_rename), *device_stages()]
+        return Pipeline(source=source, host_stages=w4_host_stages(), stages=stages, workers=workers, **kw, **common)
+
+    return {
+        f"datarax ArrayRecord ({workers} threads)": lambda: build(
+            ArrayRecordSource(ArrayRecordSourceConfig(), paths=paths["array_record"])
+        ),
+        f"datarax Parquet ({workers} threads)": lambda: build(
+            ParquetSource(ParquetSourceConfig(), paths=paths["parquet"])
+        ),
+        f"datarax ArrayRecord ({workers} processes)": lambda: build(
+            ArrayRecordSource(ArrayRecordSourceConfig(), paths=paths["array_record"]), worker_kind="process"
+        ),
+    }
+
+
+# -- hand-written loops and peers -----------------------------------------------
+
+
+def _epochs(make_epoch: Callable[[int], Iterator[Any]]) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        yield from make_epoch(epoch)
+        epoch += 1
+
+
+def numpy_loops(paths: dict[str, Path]) -> dict[str, System]:
+    """The two hand-written W1F loops over the .npy memmap (see the module docstring)."""
+    images = np.load(paths["image"], mmap_mode="r")
+    labels = np.load(paths["label"], mmap_mode="r")
+    n = images.shape[0]
+    steps = n // BATCH
+
+    def host_transform(e: int):
+        rng = np.random.default_rng(e)
+        perm = rng.permutation(n)
+        for t in range(steps):
+            idx = np.sort(perm[t * BATCH : (t + 1) * BATCH])
+            x = images[idx]
+            flip = rng.random(BATCH) < 0.5
+            x[flip] = x[flip, :, ::-1]
+            yield jax.device_put({"image": x.astype(np.float32) * np.float32(1 / 255), "label": labels[idx]})
+
+    def device_transform(e: int):
+        rng = np.random.default_rng(e)
+        perm = rng.permutation(n)
+        key = jax.random.key(e)
+        for t in range(steps):
+            idx = np.sort(perm[t * BATCH : (t + 1) * BATCH])
+            yield flip_normalize(images[idx], labels[idx], jax.random.fold_in(key, t))
+
+    return {
+        "numpy loop: gather + numpy transform + device_put": lambda: (_epochs(host_transform), lambda: None),
+        "numpy loop: gather + device_put + jitted transform": lambda: (_epochs(device_transform), lambda: None),
+    }
+
+
+class _Decoder:
+    """Decode + random-resized-crop of one encoded record, with the operators' own code (picklable)."""
+
+    def __init__(self):
+        self.decode = DecodeImage(DecodeImageConfig(field="jpeg"))
+        self.crop = HostRandomResizedCrop(HostRandomResizedCropConfig(field="jpeg", size=(CROP, CROP)))
+
+    def __call__(self, record: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.int32]:
+        fields = decode_record(record)
+        element = self.crop.apply(self.decode.apply({"jpeg": fields["jpeg"]}, None), rng)
+        return element["jpeg"], np.int32(fields["label"])
+
+
+def _open_reader(path: Path):
+    from array_record.python import array_record_module
+
+    return array_record_module.ArrayRecordReader(str(path), "readahead_buffer_size:0")
+
+
+def _on_device(batches: Iterator[tuple[Any, Any]]) -> Iterator[Any]:
+    key = jax.random.key(0)
+    for t, (image, label) in enumerate(batches):
+        yield flip_normalize(image, label, jax.random.fold_in(key, t))
+
+
+def thread_pool_loop(paths: dict[str, Path], n: int, workers: int) -> System:
+    """A hand-written ``ThreadPoolExecutor`` loader: each batch read, decoded and stacked by one thread.
+
+    Whole batches per task (a task per record measured 2.6x slower: per-task
+    overhead and GIL hand-offs), ``2 * workers`` batches in flight ahead of the consumer.
+    """
+    decoder = _Decoder()
+    steps = n // BATCH
+
+    def start():
+        reader = _open_reader(paths["array_record"])
+        pool = concurrent.futures.ThreadPoolExecutor(workers)
+
+        def load(idx: np.ndarray, e: int):
+            records = reader.read([int(i) for i in idx])
+            out = [decoder(r, np.random.default_rng(int(i) + e * n)) for r, i in zip(records, idx, strict=True)]
+            return np.stack([o[0] for o in out]), np.array([o[1] for o in out])
+
+        def make_epoch(e: int):
+            perm = np.random.default_rng(e).permutation(n)
+            pending = collections.deque()
+            for t in range(steps):
+                pending.append(pool.submit(load, perm[t * BATCH : (t + 1) * BATCH], e))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+        return _on_device(_epochs(make_epoch)), lambda: pool.shutdown(cancel_futures=True)
+
+    return start
+
+
+class _TorchRecords:
+    """A map-style torch dataset over the ArrayRecord file; opens its reader lazily, once per worker."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n, self.reader, self.decoder = path, n, None, _Decoder()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index: int):
+        if self.reader is None:
+            self.reader = _open_reader(self.path)
+        record = self.reader.read([int(index)])[0]
+        return self.decoder(record, np.random.default_rng(index))
+
+
+def _stack_pairs(items):
+    return np.stack([i[0] for i in items]), np.array([i[1] for i in items])
+
+
+def torch_loader(paths: dict[str, Path], n: int, workers: int) -> System | None:
+    """PyTorch's DataLoader over the ArrayRecord file: shuffle, batch 128, persistent spawned workers."""
+    try:
+        import torch
+        from torch.utils.data import DataLoader
+    except ImportError:
+        return None
+
+    def start():
+        loader = DataLoader(
+            _TorchRecords(paths["array_record"], n),
+            batch_size=BATCH,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            collate_fn=_stack_pairs,
+            generator=torch.Generator().manual_seed(0),
+            persistent_workers=bool(workers),
+            multiprocessing_context="spawn" if workers else None,
+        )
+        iterators = []
+
+        def make_epoch(e: int):
+            iterators.append(iter(loader))
+            yield from iterators[-1]
+
+        def close():
+            for it in iterators:
+                shutdown = getattr(it, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+
+        return _on_device(_epochs(make_epoch)), close
+
+    return start
+
+
+if grain is not None:
+
+    class _GrainDecode(grain.transforms.RandomMap):
+        """Decode + crop with the generator Grain gives (module level: Grain's workers pickle it)."""
+
+        def __init__(self):
+            self.decoder = _Decoder()
+
+        def random_map(self, record, rng):
+            return self.decoder(record, rng)
+
+
+def grain_loaders(paths: dict[str, Path], n: int, workers: int) -> dict[str, System]:
+    """Grain's DataLoader (0 and ``workers`` workers) and MapDataset + ``mp_prefetch``."""
+    if grain is None:
+        return {}
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # Grain reads absl flags, which a plain script never parses
+        flags.FLAGS.mark_as_parsed()
+
+    def data_loader(worker_count: int) -> System:
+        def start():
+            loader = grain.DataLoader(
+                data_source=grain.sources.ArrayRecordDataSource([str(paths["array_record"])]),
+                sampler=grain.samplers.IndexSampler(n, shuffle=True, num_epochs=None, seed=0),
+                operations=[_GrainDecode(), grain.transforms.Batch(BATCH, drop_remainder=True)],
+                worker_count=worker_count,
+            )
+            iterator = iter(loader)
+            return _on_device(iterator), lambda: _close_grain(iterator)
+
+        return start
+
+    def mp_prefetch(worker_count: int) -> System:
+        def start():
+            dataset = (
+                grain.MapDataset.source(grain.sources.ArrayRecordDataSource([str(paths["array_record"])]))
+                .shuffle(seed=0)
+                .repeat()
+                .random_map(_GrainDecode(), seed=0)
+                .batch(BATCH, drop_remainder=True)
+                .to_iter_dataset()
+                .mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+            )
+            iterator = iter(dataset)
+            return _on_device(iterator), lambda: _close_grain(iterator)
+
+        return start
+
+    return {
+        "grain DataLoader (0 workers)": data_loader(0),
+        f"grain DataLoader ({workers} workers)": data_loader(workers),
+        f"grain MapDataset + mp_prefetch ({workers} workers)": mp_prefetch(workers),
+    }
+
+
+def _close_grain(iterator: Any) -> None:
+    close = getattr(iterator, "close", None) or getattr(iterator, "__del__", None)
+    if close is not None:
+        close()
+
+
+# -- measuring -------------------------------------------------------------------
+
+
+class ResourceMonitor:
+    """CPU seconds and peak RSS of this process and its children while ``with`` is active."""
+
+    def __init__(self):
+        import psutil
+
+        self.process = psutil.Process()
+        self.peak = 0
+        self.cpu = 0.0
+
+    def _family(self):
+        try:
+            return [self.process, *self.process.children(recursive=True)]
+        except Exception:  # noqa: BLE001 - a child that just exited
+            return [self.process]
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for p in self._family():
+            with contextlib.suppress(Exception):  # a child that just exited
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            rss = 0
+            for p in self._family():
+                with contextlib.suppress(Exception):  # a child that just exited
+                    rss += p.memory_info().rss
+            self.peak = max(self.peak, rss)
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._start_cpu = self._cpu()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.cpu += self._cpu() - self._start_cpu  # measured before the system's workers are closed
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(systems: dict[str, System], *, repeats: int, steps: int) -> list[dict]:
+    """Each round starts every system in turn, warms it up, times ``steps`` batches, closes it; medians."""
+    times = {name: [] for name in systems}
+    first = {name: [] for name in systems}
+    usage = {name: [0.0, 0.0, 0] for name in systems}  # cpu s, wall s, peak rss
+    for _ in range(repeats):
+        for name, start_system in systems.items():
+            begin = time.perf_counter()
+            stream, close = start_system()
+            try:
+                jax.block_until_ready(next(stream))
+                first[name].append(time.perf_counter() - begin)
+                consume(next(stream) for _ in range(WARMUP_BATCHES))
+                with ResourceMonitor() as monitor:
+                    seconds = consume(next(stream) for _ in range(steps))
+            finally:
+                close()
+            times[name].append(seconds)
+            usage[name][0] += monitor.cpu
+            usage[name][1] += seconds
+            usage[name][2] = max(usage[name][2], monitor.peak)
+    cores = len(os.sched_getaffinity(0))
+    rows = []
+    for name, t in times.items():
+        cpu, wall, peak = usage[name]
+        rows.append(
+            {
+                "system": name,
+                "median": statistics.median(t),
+                "elements/s": steps * BATCH / statistics.median(t),
+                "cpu": cpu / wall / cores,
+                "peak_rss_mb": peak / 2**20,
+                "ttfb": statistics.median(first[name]),
+            }
+        )
+    return rows
+
+
+def render(title: str, rows: list[dict], reference: str) -> str:
+    ref = next(r["median"] for r in rows if r["system"] == reference)
+    lines = [
+        f"\n**{title}** (batch {BATCH}; reference = {reference})\n",
+        "| system | el/s | throughput ÷ reference | CPU use | peak RSS (self + workers) | first batch |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in sorted(rows, key=lambda r: r["median"]):
+        lines.append(
+            f"| {row['system']} | {row['elements/s']:,.0f} | {ref / row['median']:.2f}x | {100 * row['cpu']:.0f}% | "
+            f"{row['peak_rss_mb']:,.0f} MB | {row['ttfb']:.2f} s |"
+        )
+    return "\n".join(lines)
+
+
+def run_w1f(root: Path, scale: float, repeats: int, workers: int) -> str:
+    n = int(50_000 * scale)
+    paths = write_w1_files(root / f"w1f-{n}", n)
+    systems = {name: datarax_system(build) for name, build in w1f_pipelines(paths, workers).items()}
+    systems.update(numpy_loops(paths))
+    rows = measure(systems, repeats=repeats, steps=n // BATCH)
+    reference = min((r for r in rows if r["system"].startswith("numpy loop")), key=lambda r: r["median"])["system"]
+    return render(f"W1F: {n:,} x 32x32x3 uint8 from files", rows, reference)
+
+
+def run_w4(root: Path, scale: float, repeats: int, workers: int) -> str:
+    n = int(20_000 * scale)
+    paths = write_w4_files(root / f"w4-{n}", n)
+    systems = {name: datarax_system(build) for name, build in w4_pipelines(paths, workers).items()}
+    systems[f"ThreadPoolExecutor loop ({workers} threads)"] = thread_pool_loop(paths, n, workers)
+    for count in (0, workers):
+        loader = torch_loader(paths, n, count)
+        if loader is not None:
+            systems[f"torch DataLoader ({count} workers)"] = loader
+    systems.update(grain_loaders(paths, n, workers))
+    rows = measure(systems, repeats=repeats, steps=n // BATCH)
+    peers = [r for r in rows if not r["system"].startswith("datarax")]
+    reference = min(peers, key=lambda r: r["median"])["system"]
+    return render(f"W4: {n:,} JPEGs (160-320 px) -> decode + random-resized-crop 128", rows, reference)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=["W1F", "W4"], choices=["W1F", "W4"])
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the records to use")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per system (>= 3)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="workers for every loader")
+    parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "datarax-bench")
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    args = parser.parse_args(argv)
+    if args.repeats < 3:
+        parser.error("--repeats must be at least 3 (medians of fewer runs mean little on a noisy machine)")
+    header = (
+        f"host-file benchmark: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        f"jax {jax.__version__} ({jax.default_backend()}), scale {args.scale}, repeats {args.repeats}, "
+        f"workers {args.workers}"
+    )
+    parts = [header]
+    if "W1F" in args.workloads:
+        parts.append(run_w1f(args.data_dir, args.scale, args.repeats, args.workers))
+    if "W4" in args.workloads:
+        parts.append(run_w4(args.data_dir, args.scale, args.repeats, args.workers))
+    text = "\n".join(parts)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
