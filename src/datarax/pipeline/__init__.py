@@ -2,6 +2,7 @@
 
 from datarax.pipeline.compilation_cache import disable_compilation_cache, enable_compilation_cache
 from datarax.pipeline.dag import DagGraph, validate_dag
+from datarax.pipeline.host_stage import HostStageError
 from datarax.pipeline.iterator import PipelineIterator
 from datarax.pipeline.pipeline import Pipeline
 from datarax.pipeline.prefetch import prefetch_to_device
@@ -11,6 +12,7 @@ from datarax.pipeline.stream import StreamSpec
 __all__ = [
     "PROGRAMS",
     "DagGraph",
+    "HostStageError",
     "Pipeline",
     "PipelineIterator",
     "ProgramCache",
