@@ -76,7 +76,7 @@ from datarax.core.extras import import_extra
 from datarax.core.host_source import HostSourceModule
 from datarax.core.spec import BytesSpec, RaggedSpec, spec_to_str
 from datarax.core.validation import boolean, optional_callable
-from datarax.sources.record_format import DTYPES, decode_record
+from datarax.sources.record_format import DTYPES, decode_batch, decode_record
 
 _OWNER = "ArrayRecordSource"
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -309,12 +309,14 @@ class ArrayRecordSource(LocalFilesOnlyMixin, HostSourceModule):
             self._files.close()
             raise ValueError(f"{_OWNER}: the files hold no records: {list(self.paths)}")
         if element_spec is None:
-            first = self._decoded(np.zeros(1, np.int64))[0]
+            zero = np.zeros(1, np.int64)
+            first = self._decoded(zero, self._raw(zero))[0]
             where = self._where(0)
             self._spec = {key: _describe(key, value, where) for key, value in first.items()}
             _check_spec(self._spec)
         else:
             self._spec = _check_spec(element_spec)
+        self._all_fixed = not any(isinstance(leaf, BytesSpec | RaggedSpec) for leaf in self._spec.values())
         self.read_records(np.zeros(1, np.int64))  # record 0 fits the spec
 
     def __len__(self) -> int:
@@ -342,8 +344,8 @@ class ArrayRecordSource(LocalFilesOnlyMixin, HostSourceModule):
                     raise ValueError(f"{_OWNER}: cannot read {self._where(index)}: {record_error}") from record_error
             raise ValueError(f"{_OWNER}: cannot read records of {self.paths[file]}: {error}") from error
 
-    def _decoded(self, indices: np.ndarray) -> list[Mapping[str, Any]]:
-        """Reads the records at ``indices`` (one batched read per file) and decodes them."""
+    def _raw(self, indices: np.ndarray) -> list[Any]:
+        """The encoded records at ``indices`` (one batched read per file)."""
         raw: list[Any] = [None] * len(indices)
         if len(self.paths) == 1:
             raw = self._read_file(0, indices.tolist(), indices) if len(indices) else []
@@ -355,6 +357,10 @@ class ArrayRecordSource(LocalFilesOnlyMixin, HostSourceModule):
                 chunk = indices[where]
                 for slot, record in zip(where.tolist(), self._read_file(file, (chunk - starts[file]).tolist(), chunk)):
                     raw[slot] = record
+        return raw
+
+    def _decoded(self, indices: np.ndarray, raw: list[Any]) -> list[Mapping[str, Any]]:
+        """Decodes the records ``raw`` read at ``indices``, one by one."""
         decode = self.decode or decode_record
         decoded = []
         for index, data in zip(indices.tolist(), raw):
@@ -388,7 +394,16 @@ class ArrayRecordSource(LocalFilesOnlyMixin, HostSourceModule):
                 and (for a misfit) the column.
         """
         indices = np.asarray(indices, dtype=np.int64)
-        records = self._decoded(indices)
+        raw = self._raw(indices)
+        if self.decode is None and self._all_fixed:
+            # Fixed-shape records of the built-in format share one layout: decoded as whole columns.
+            try:
+                batch = decode_batch(raw)
+            except ValueError:
+                batch = None  # decoded one by one below, which names the failing record
+            if batch is not None and self._fits(batch, len(raw)):
+                return batch
+        records = self._decoded(indices, raw)
         columns: dict[str, Any] = {}
         for name, leaf in self._spec.items():
             if isinstance(leaf, BytesSpec | RaggedSpec):
@@ -404,6 +419,13 @@ class ArrayRecordSource(LocalFilesOnlyMixin, HostSourceModule):
             for name, leaf in self._spec.items():
                 columns[name][row] = self._checked(name, leaf, record[name], index)
         return columns
+
+    def _fits(self, batch: Mapping[str, np.ndarray], count: int) -> bool:
+        """Whether whole decoded columns are exactly what ``element_spec`` says."""
+        return batch.keys() == self._spec.keys() and all(
+            batch[name].shape == (count, *leaf.shape) and batch[name].dtype == leaf.dtype
+            for name, leaf in self._spec.items()
+        )
 
     def _checked(self, name: str, leaf: Any, value: Any, index: int) -> Any:
         """``value`` if it fits ``leaf``, else a ValueError naming the record and the column."""
