@@ -376,3 +376,48 @@ def test_write_array_record_reports_bad_records_and_bad_options(tmp_path):
         write_array_record(tmp_path / "bad.array_record", [{"x": np.zeros(2)}, {"x": np.array(["s"])}])
     with pytest.raises(ValueError):
         write_array_record(tmp_path / "opts.array_record", [{"x": np.zeros(2)}], options="group_size:zero")
+
+
+# --- decode_batch: records of one layout decoded as whole columns ---------------------------------
+
+
+def test_decode_batch_equals_decoding_each_record():
+    from datarax.sources.record_format import decode_batch
+
+    rng = np.random.default_rng(0)
+    rows = [
+        encode_record(
+            {
+                "image": rng.integers(0, 256, (4, 5, 3), dtype=np.uint8),
+                "score": rng.random(2).astype(np.float32),
+                "flag": np.array(bool(i % 2)),
+                "empty": np.zeros((0, 3), np.int16),
+            }
+        )
+        for i in range(9)
+    ]
+    batch = decode_batch(rows)
+    for name in ("image", "score", "flag", "empty"):
+        want = np.stack([decode_record(row)[name] for row in rows])
+        assert batch[name].dtype == want.dtype and batch[name].shape == want.shape
+        np.testing.assert_array_equal(batch[name], want)
+
+
+def test_decode_batch_declines_records_of_different_layouts_or_with_bytes():
+    from datarax.sources.record_format import decode_batch
+
+    same = [encode_record({"x": np.arange(3, dtype=np.int32)}) for _ in range(2)]
+    other = encode_record({"x": np.arange(4, dtype=np.int32)})
+    assert decode_batch([*same, other]) is None
+    assert decode_batch([encode_record({"b": b"abc"})] * 2) is None
+    assert decode_batch([]) is None
+
+
+def test_decode_batch_refuses_a_bool_byte_other_than_0_or_1():
+    from datarax.sources.record_format import decode_batch
+
+    good = encode_record({"flag": np.array([True, False])})
+    bad = bytearray(good)
+    bad[-1] = 7
+    with pytest.raises(ValueError, match="bool field 'flag'"):
+        decode_batch([good, bytes(bad)])
