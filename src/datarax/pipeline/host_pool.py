@@ -188,6 +188,7 @@ class HostBatchPool:
         self._free: list[Any] = []
         self._lock = threading.Lock()
         self._finalizer: Any = None
+        self._blocks_finalizer: Any = None
 
     # -- workers --------------------------------------------------------------
 
@@ -206,7 +207,10 @@ class HostBatchPool:
                     shared_memory.SharedMemory(create=True, size=self._nbytes) for _ in range(self.read_ahead + 1)
                 ]
                 self._free = list(self._blocks)
-        self._finalizer = weakref.finalize(self, _shutdown, self._executor, self._blocks)
+                # The blocks outlive a dead executor (restarted after set_state): freed on close,
+                # on garbage collection or at interpreter exit, whichever comes first.
+                self._blocks_finalizer = weakref.finalize(self, _shutdown, None, self._blocks)
+        self._finalizer = weakref.finalize(self, _shutdown, self._executor, [])
 
     def _stop_workers(self) -> None:
         if self._finalizer is not None:
@@ -220,7 +224,9 @@ class HostBatchPool:
         """Stops the workers and frees the shared memory (idempotent)."""
         self._discard()
         self._stop_workers()
-        _shutdown(None, self._blocks)
+        if self._blocks_finalizer is not None:
+            self._blocks_finalizer()  # unlinks the blocks, once
+            self._blocks_finalizer = None
         self._blocks, self._free = [], []
 
     @property
@@ -274,7 +280,9 @@ class HostBatchPool:
         self._stop_workers()
         failure = HostStageError(
             f"host stage: a worker process of {type(self.stage.source).__name__} died while computing the "
-            f"batch at epoch {cursor[0]}, position {cursor[1]} (killed, or out of memory); restore the "
+            f"batch at epoch {cursor[0]}, position {cursor[1]}: killed, out of memory, or it could not start "
+            "(its traceback is on stderr; a function defined in an interactive session or in a script without "
+            "an `if __name__ == '__main__':` guard cannot be imported by a spawned worker). Restore the "
             "iterator's last state to continue with new workers"
         )
         failure.__cause__ = error

@@ -125,7 +125,9 @@ class Pipeline(DataraxModule):
         worker_kind: ``"thread"`` (default; readers and decoders that release
             the GIL) or ``"process"`` (``spawn``ed processes with shared
             memory, for Python-heavy host operators; the source's and the
-            operators' constructor arguments must then be picklable).
+            operators' constructor arguments must then be picklable, their
+            functions importable by a fresh interpreter: defined in a module,
+            or in a script whose entry point is behind ``if __name__ == "__main__":``).
         read_ahead: Host batches in flight beyond the one requested; None:
             twice the workers.
         name: Optional module name.
