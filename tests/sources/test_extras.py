@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-BACKENDS = ("pyarrow", "array_record", "PIL", "simplejpeg", "cv2", "torch", "grain")
+BACKENDS = ("pyarrow", "array_record", "PIL", "simplejpeg", "cv2", "torch", "grain", "datasets")
 
 
 def test_importing_datarax_and_its_packages_imports_no_backend():

@@ -5,12 +5,15 @@
   may be larger than memory): ``NumpyFileSource`` (``.npy`` files),
   ``ParquetSource`` (the ``parquet`` extra), ``ArrayRecordSource`` (the
   ``arrayrecord`` extra; records in the safe format of
-  ``datarax.sources.record_format``, or decoded by a function of yours).
+  ``datarax.sources.record_format``, or decoded by a function of yours),
+  ``HFSource`` (Hugging Face ``datasets``: in memory, saved to disk, or local
+  parquet/json/csv/imagefolder files; the ``hf`` extra).
 
 Backends are imported when a source is built, never by ``import datarax``.
 """
 
 from datarax.sources.array_record_source import ArrayRecordSource, ArrayRecordSourceConfig
+from datarax.sources.hf_source import HFSource, HFSourceConfig
 from datarax.sources.memory_source import MemorySource, MemorySourceConfig
 from datarax.sources.numpy_file_source import NumpyFileSource, NumpyFileSourceConfig
 from datarax.sources.parquet_source import ParquetSource, ParquetSourceConfig
@@ -19,6 +22,8 @@ from datarax.sources.record_format import decode_record, encode_record, write_ar
 __all__ = [
     "ArrayRecordSource",
     "ArrayRecordSourceConfig",
+    "HFSource",
+    "HFSourceConfig",
     "MemorySource",
     "MemorySourceConfig",
     "NumpyFileSource",
