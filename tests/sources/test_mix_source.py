@@ -259,3 +259,21 @@ def test_one_source_is_its_own_epochs_back_to_back():
 def test_an_empty_source_is_refused():
     with pytest.raises(ValueError, match=r"sources\[1\] \(Tagged\) has no records"):
         MixSource(MixSourceConfig(weights=(1, 1)), sources=_tagged(3, 0))
+
+
+def test_kept_permutations_read_the_same_records_as_computed_ones(monkeypatch):
+    import copy
+
+    from datarax.sources import mix_source
+
+    sources = _tagged(5, 13, 4)
+    config = MixSourceConfig(weights=(0.5, 0.3, 0.2), seed=7, length=300)
+    kept = MixSource(config, sources=sources)
+    monkeypatch.setattr(mix_source, "_CACHE_ENTRIES", 0)
+    computed = MixSource(config, sources=sources)
+    assert kept._own_epochs.cached and not computed._own_epochs.cached
+    indices = np.random.default_rng(1).integers(0, 300, 500)
+    for a, b in zip(kept.locate(indices), computed.locate(indices), strict=True):
+        assert np.array_equal(a, b)
+    clone = copy.deepcopy(kept._own_epochs)
+    assert np.array_equal(clone.records(1, np.arange(40)), computed._own_epochs.records(1, np.arange(40)))

@@ -46,6 +46,20 @@ same in every pass. To change that, set ``length`` (a longer mixture reaches
 further into each source's own epochs) or ``seed``. A ``length`` shorter than
 the default leaves some records of some sources out of every pass.
 
+**Speed.** ``read_records`` makes one ``read_records`` call per source
+present in the batch. Finding the sources is a few numpy operations per tree
+level (0.03 ms for 256 indices); finding the records takes one Feistel
+permutation per own epoch present, and one ``feistel_permute_np`` call costs
+0.1 ms for one position and 0.35-1.3 ms for 256 (its cycle-walking stragglers
+take several passes). So each own epoch's permutation is materialised (int32,
+1.2 ms for 50,000 records) the first time it is needed and kept, as long as
+all the own epochs one pass over the mixture reaches hold at most ``2**22``
+records (16 MiB); larger mixtures compute the permutation per call. Measured
+on a 2-core VM, batches of 256 random indices over two ``.npy`` sources of
+``uint8[32,32,3]`` records (50,000 and 20,000 records, weights 0.7/0.3): 0.34 ms
+per batch (2.1 ms computing the permutations per call), against 0.10 ms for
+one ``NumpyFileSource`` alone.
+
 **Sources.** Any ``HostSourceModule`` with the same ``element_spec``
 (compared as ``spec_to_str`` renders them; the error names both). Device
 sources (``MemorySource``) are refused: their records live on the device and
@@ -79,6 +93,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,6 +108,8 @@ from datarax.core.validation import is_int
 from datarax.samplers.feistel import MAX_N, feistel_permute_np
 
 _OWNER = "MixSource"
+# The most record numbers a mixture keeps materialised (int32: 16 MiB); see "Speed" in the module docstring.
+_CACHE_ENTRIES = 2**22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +231,51 @@ def _source_seed(seed: int, source: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, source]).generate_state(1, np.uint32)[0])
 
 
+class _OwnEpochs:
+    """The records read by each source's draws: ``feistel_permute_np(k % n_j, n_j, seed_j, k // n_j)``.
+
+    With ``cached``, each own epoch's permutation is materialised once (int32) on first use and kept:
+    a ``feistel_permute_np`` call for a batch costs 0.35-1.3 ms (cycle-walking stragglers take several
+    passes), a gather from a kept permutation microseconds. A plain object, shared by the threads
+    that read the source; copies and pickles drop the kept permutations.
+    """
+
+    def __init__(self, lengths: tuple[int, ...], seeds: tuple[int, ...], cached: bool):
+        self.lengths, self.seeds, self.cached = lengths, seeds, cached
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[int, int], np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"lengths": self.lengths, "seeds": self.seeds, "cached": self.cached}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["lengths"], state["seeds"], state["cached"])
+
+    def _permutation(self, source: int, epoch: int) -> np.ndarray:
+        key = (source, epoch)
+        kept = self._kept.get(key)
+        if kept is None:
+            size = self.lengths[source]
+            everything = np.arange(size, dtype=np.int64)
+            kept = feistel_permute_np(everything, size, self.seeds[source], epoch).astype(np.int32)
+            with self._lock:
+                kept = self._kept.setdefault(key, kept)
+        return kept
+
+    def records(self, source: int, draws: np.ndarray) -> np.ndarray:
+        """The records of ``source`` that its draws ``draws`` read (int64, shaped like ``draws``)."""
+        size = self.lengths[source]
+        epochs, positions = np.divmod(draws, size)
+        records = np.empty_like(draws)
+        for epoch in np.unique(epochs).tolist():
+            where = epochs == epoch
+            if self.cached:
+                records[where] = self._permutation(source, epoch)[positions[where]]
+            else:
+                records[where] = feistel_permute_np(positions[where], size, self.seeds[source], epoch)
+        return records
+
+
 def _is_recipe(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) == 4 and isinstance(value[0], type)
 
@@ -295,6 +357,9 @@ class MixSource(HostSourceModule):
         self._interleave = _Interleave(self.weights)
         self._spec = dict(spec)
         self.num_records = config.length if config.length is not None else self._default_length()
+        # Materialised when every own epoch the mixture reaches fits in _CACHE_ENTRIES record numbers.
+        reached = sum(-(-int(c) // n) * n for c, n in zip(self.counts(), self.source_lengths, strict=True))
+        self._own_epochs = _OwnEpochs(self.source_lengths, self.source_seeds, cached=reached <= _CACHE_ENTRIES)
 
     def _default_length(self) -> int:
         """The smallest length at which every source has completed one own epoch (a binary search).
@@ -347,18 +412,8 @@ class MixSource(HostSourceModule):
         records = np.empty_like(draws)
         for j in np.unique(which).tolist():
             where = np.flatnonzero(which == j)
-            records[where] = self._records(j, draws[where])
+            records[where] = self._own_epochs.records(j, draws[where])
         return which, records
-
-    def _records(self, j: int, draws: np.ndarray) -> np.ndarray:
-        """The records of source ``j`` that its draws ``draws`` read (its own epochs, see the module docstring)."""
-        size = self.source_lengths[j]
-        epochs, positions = np.divmod(draws, size)
-        records = np.empty_like(draws)
-        for epoch in np.unique(epochs).tolist():
-            where = epochs == epoch
-            records[where] = feistel_permute_np(positions[where], size, self.source_seeds[j], epoch)
-        return records
 
     def read_records(self, indices: np.ndarray) -> dict[str, Any]:
         """Reads the records at ``indices``: one ``read_records`` call per source, reassembled in order.
