@@ -11,6 +11,7 @@ from datarax import Pipeline
 from datarax.core.constructor_args import from_recipe
 from datarax.core.host_source import HostSourceModule
 from datarax.core.spec import BytesSpec
+from datarax.samplers.feistel import feistel_permute_np
 from datarax.sources import MemorySource, MemorySourceConfig, NumpyFileSource, NumpyFileSourceConfig
 from datarax.sources.mix_source import MixSource, MixSourceConfig
 
@@ -155,6 +156,10 @@ def test_a_shuffled_pipeline_epoch_holds_exactly_the_mixtures_records(pair):
         assert sorted(got) == pairs
         orders.append(got)
     assert orders[0] != orders[1]
+    for epoch, got in enumerate(orders):  # the pipeline's Feistel order of the mixture's indices
+        positions = feistel_permute_np(np.arange(len(mix)), len(mix), pipeline.stream.seed, epoch)
+        which, record = mix.locate(positions)
+        assert got == list(zip(which.tolist(), record.tolist(), strict=True))
     in_order = _collect(Pipeline(source=mix, batch_size=4, workers=0))
     assert _valid(in_order, "index") == expected["index"].tolist()
 
