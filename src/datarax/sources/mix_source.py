@@ -21,8 +21,8 @@ both, for a whole vector of indices at once, in numpy). Hence:
 * the counts are integers and add up exactly: of the indices ``[0, i)``,
   source ``j`` gets ``c_j(i)`` and ``sum_j c_j(i) = i`` for every ``i``;
 * they stay close to the weights: ``|c_j(i) - i * w_j| < 1`` for up to four
-  sources (each level of the tree adds less than half a record; in general
-  the bound is half the tree's depth, ``ceil(log2(m)) / 2``);
+  sources (each level of the tree adds at most half a record, scaled down by
+  the levels below it; for ``m`` sources the bound is ``ceil(log2(m)) / 2``);
 * the sources are evenly spread along the indices (a Beatty sequence per
   node), and the pipeline's Feistel shuffle then permutes the indices anyway.
 
@@ -38,8 +38,8 @@ given; by default it is the smallest length at which every source has
 completed at least one own epoch (``c_j(len) >= n_j`` for every ``j``; about
 ``max_j n_j / w_j``). One pass over the mixture then reads every record of
 every source at least once; the source that sets the length reads each of its
-records once, and a source with more weight than records reads its first own
-epoch and part of its next ones (about ``len * w_j`` draws). The indices are a
+records exactly once, and every other source makes more draws than it has
+records (about ``len * w_j``): its first own epoch and part of its next ones. The indices are a
 pure function, so every pass of the pipeline over the mixture reads the same
 records, in a new order: the records a source repeats within one pass are the
 same in every pass. To change that, set ``length`` (a longer mixture reaches
