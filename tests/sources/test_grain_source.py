@@ -93,6 +93,10 @@ def test_an_array_record_map_dataset_reads_like_grain(tmp_path):
         assert np.array_equal(batch["image"][row], dataset[index]["image"])
         assert batch["label"][row] == dataset[index]["label"] and batch["tag"][row] == dataset[index]["tag"]
     assert isinstance(batch["tag"], list)
+    raw = grain.sources.ArrayRecordDataSource([str(tmp_path / "data.array_record")])
+    encoded = GrainSource(GrainSourceConfig(), data_source=raw)  # bytes records: one BytesSpec column
+    assert encoded.element_spec() == {"value": BytesSpec()}
+    assert [decode_record(r)["label"] for r in encoded.get_records([9, 2])["value"]] == [9, 2]
 
 
 def test_a_custom_source_is_read_with_one_batched_read_when_it_has_one():
