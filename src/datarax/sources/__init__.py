@@ -7,14 +7,20 @@
   ``arrayrecord`` extra; records in the safe format of
   ``datarax.sources.record_format``, or decoded by a function of yours),
   ``HFSource`` (Hugging Face ``datasets``: in memory, saved to disk, or local
-  parquet/json/csv/imagefolder files; the ``hf`` extra).
+  parquet/json/csv/imagefolder files; the ``hf`` extra), ``GrainSource``
+  (any Grain random-access source or ``MapDataset``; the ``grain`` extra).
+* ``MixSource``: several host sources mixed by weight; which source and
+  record an index reads is a pure function of (seed, index), and each source
+  is visited in exact epochs of its own.
 
 Backends are imported when a source is built, never by ``import datarax``.
 """
 
 from datarax.sources.array_record_source import ArrayRecordSource, ArrayRecordSourceConfig
+from datarax.sources.grain_source import GrainSource, GrainSourceConfig
 from datarax.sources.hf_source import HFSource, HFSourceConfig
 from datarax.sources.memory_source import MemorySource, MemorySourceConfig
+from datarax.sources.mix_source import MixSource, MixSourceConfig
 from datarax.sources.numpy_file_source import NumpyFileSource, NumpyFileSourceConfig
 from datarax.sources.parquet_source import ParquetSource, ParquetSourceConfig
 from datarax.sources.record_format import decode_record, encode_record, write_array_record
@@ -22,10 +28,14 @@ from datarax.sources.record_format import decode_record, encode_record, write_ar
 __all__ = [
     "ArrayRecordSource",
     "ArrayRecordSourceConfig",
+    "GrainSource",
+    "GrainSourceConfig",
     "HFSource",
     "HFSourceConfig",
     "MemorySource",
     "MemorySourceConfig",
+    "MixSource",
+    "MixSourceConfig",
     "NumpyFileSource",
     "NumpyFileSourceConfig",
     "ParquetSource",
