@@ -19,8 +19,9 @@ import numpy as np
 from flax import nnx
 from datarax import Pipeline
 from datarax.operators import RandomFlip, RandomFlipConfig
-from datarax.sources import (ArrayRecordSource, ArrayRecordSourceConfig, NumpyFileSource,
-                             NumpyFileSourceConfig, ParquetSource, ParquetSourceConfig)
+from datarax.sources import (ArrayRecordSource, ArrayRecordSourceConfig, GrainSource, GrainSourceConfig,
+                             HFSource, HFSourceConfig, MixSource, MixSourceConfig, NumpyFileSource,
+                             NumpyFileSourceConfig, ParquetSource, ParquetSourceConfig, decode_record)
 
 def build(kind, folder, **kwargs):
     if kind == "npy":
@@ -28,6 +29,18 @@ def build(kind, folder, **kwargs):
                                  paths={"image": f"{folder}/image.npy", "label": f"{folder}/label.npy"})
     elif kind == "parquet":
         source = ParquetSource(ParquetSourceConfig(), paths=folder)
+    elif kind == "hf":
+        source = HFSource(HFSourceConfig(), path=f"{folder}/hf")
+    elif kind == "grain":
+        import grain
+        records = grain.MapDataset.source(grain.sources.ArrayRecordDataSource([f"{folder}/all.array_record"]))
+        source = GrainSource(GrainSourceConfig(), data_source=records.map(decode_record))
+    elif kind == "mix":
+        parts = [NumpyFileSource(NumpyFileSourceConfig(),
+                                 paths={"image": f"{folder}/image-{p}.npy", "label": f"{folder}/label-{p}.npy"})
+                 for p in (0, 1)]
+        # Weights in proportion to the sizes: one mixture epoch reads every record exactly once.
+        source = MixSource(MixSourceConfig(weights=(20.0, 17.0), seed=5), sources=parts)
     else:
         source = ArrayRecordSource(ArrayRecordSourceConfig(), paths=f"{folder}/*.array_record")
     options = {"batch_size": 8, "rngs": nnx.Rngs(3), "shuffle": True, "num_epochs": 2, **kwargs}
@@ -46,7 +59,7 @@ exec(BUILD, NAMESPACE)  # noqa: S102
 build, collect = NAMESPACE["build"], NAMESPACE["collect"]
 
 N = 37
-KINDS = ["npy", "parquet", "array_record"]
+KINDS = ["npy", "parquet", "array_record", "hf", "grain", "mix"]
 
 
 def _write(kind, folder):
@@ -67,6 +80,20 @@ def _write(kind, folder):
         for part, rows in enumerate((slice(0, 20), slice(20, N))):
             table = pa.table({"image": nested[rows], "label": labels[rows]})
             pq.write_table(table, folder / f"part-{part}.parquet", row_group_size=6)
+    elif kind == "hf":
+        import datasets
+
+        features = datasets.Features({"image": datasets.Array3D((4, 4, 3), "uint8"), "label": datasets.Value("int32")})
+        table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        table.save_to_disk(str(folder / "hf"))
+    elif kind == "grain":
+        from datarax.sources import write_array_record
+
+        write_array_record(folder / "all.array_record", ({"image": images[i], "label": labels[i]} for i in range(N)))
+    elif kind == "mix":
+        for part, rows in enumerate((slice(0, 20), slice(20, N))):
+            np.save(folder / f"image-{part}.npy", images[rows])
+            np.save(folder / f"label-{part}.npy", labels[rows])
     else:
         from datarax.sources import write_array_record
 
