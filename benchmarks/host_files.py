@@ -15,6 +15,10 @@ Workloads (files written once under ``--data-dir``, reused by later runs):
   NumPy fancy-index gather + vectorised transform + ``jax.device_put``, and
   the same gather + ``jax.device_put`` of the uint8 batch + one jitted
   flip-and-normalise.
+* **W1H**: W1 (50,000 x 32x32x3 uint8 + labels) saved as a Hugging Face dataset
+  (``save_to_disk``); datarax's ``HFSource`` (threads, inline, processes) against the library's
+  own loader, ``Dataset.shuffle(seed=epoch).with_format("numpy" | "jax").iter(batch_size=128)``,
+  followed by the same jitted flip and /255.
 * **W4**: 20,000 JPEGs with sides drawn from 160–320 px (generated here),
   stored in ArrayRecord (the built-in record format) and in Parquet; decode
   + random-resized-crop to 128x128 on the host, random flip + /255, shuffle,
@@ -72,6 +76,8 @@ from datarax.pipeline.host_pool import default_workers
 from datarax.sources import (
     ArrayRecordSource,
     ArrayRecordSourceConfig,
+    HFSource,
+    HFSourceConfig,
     NumpyFileSource,
     NumpyFileSourceConfig,
     ParquetSource,
@@ -610,9 +616,80 @@ def run_w4(root: Path, scale: float, repeats: int, workers: int) -> str:
     return render(f"W4: {n:,} JPEGs (160-320 px) -> decode + random-resized-crop 128", rows, reference)
 
 
+def write_w1_hf(root: Path, n: int) -> Path:
+    """The W1 images and labels as a Hugging Face dataset saved with ``save_to_disk`` (written once)."""
+    import datasets
+
+    if root.exists():
+        return root
+    partial = Path(f"{root}.partial-{os.getpid()}")
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Array3D((32, 32, 3), "uint8"), "label": datasets.Value("int32")})
+    data = {
+        "image": rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8),
+        "label": rng.integers(0, 10, size=n).astype(np.int32),
+    }
+    datasets.Dataset.from_dict(data, features=features).save_to_disk(str(partial))
+    partial.rename(root)  # atomic: a concurrent run never sees half-written files
+    return root
+
+
+def hf_loaders(path: Path) -> dict[str, System]:
+    """Hugging Face's own batched iteration of the saved dataset (shuffled per epoch), numpy and jax formats."""
+    import datasets
+
+    def loader(kind: str) -> System:
+        def start():
+            dataset = datasets.load_from_disk(str(path))
+
+            def make_epoch(e: int):
+                shuffled = dataset.shuffle(seed=e).with_format(kind)
+                for batch in shuffled.iter(batch_size=BATCH, drop_last_batch=True):
+                    yield batch["image"], batch["label"]
+
+            return _on_device(_epochs(make_epoch)), lambda: None
+
+        return start
+
+    return {
+        'HF datasets: .with_format("numpy").iter(128)': loader("numpy"),
+        'HF datasets: .with_format("jax").iter(128)': loader("jax"),
+    }
+
+
+def run_w1h(root: Path, scale: float, repeats: int, workers: int) -> str:
+    n = int(50_000 * scale)
+    path = write_w1_hf(root / f"w1h-{n}", n)
+    common = {"batch_size": BATCH, "rngs": nnx.Rngs(0), "shuffle": True, "drop_remainder": True, "num_epochs": None}
+    systems = {
+        f"datarax HFSource ({workers} threads)": datarax_system(
+            lambda: Pipeline(
+                source=HFSource(HFSourceConfig(), path=path), stages=device_stages(), workers=workers, **common
+            )
+        ),
+        "datarax HFSource (inline)": datarax_system(
+            lambda: Pipeline(source=HFSource(HFSourceConfig(), path=path), stages=device_stages(), workers=0, **common)
+        ),
+        f"datarax HFSource ({workers} processes)": datarax_system(
+            lambda: Pipeline(
+                source=HFSource(HFSourceConfig(), path=path),
+                stages=device_stages(),
+                workers=workers,
+                worker_kind="process",
+                **common,
+            )
+        ),
+    }
+    systems.update(hf_loaders(path))
+    rows = measure(systems, repeats=repeats, steps=n // BATCH)
+    peers = [r for r in rows if not r["system"].startswith("datarax")]
+    reference = min(peers, key=lambda r: r["median"])["system"]
+    return render(f"W1H: {n:,} x 32x32x3 uint8 from a saved Hugging Face dataset", rows, reference)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=["W1F", "W4"], choices=["W1F", "W4"])
+    parser.add_argument("--workloads", nargs="+", default=["W1F", "W4"], choices=["W1F", "W4", "W1H"])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the records to use")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per system (>= 3)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="workers for every loader")
@@ -629,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = [header]
     if "W1F" in args.workloads:
         parts.append(run_w1f(args.data_dir, args.scale, args.repeats, args.workers))
+    if "W1H" in args.workloads:
+        parts.append(run_w1h(args.data_dir, args.scale, args.repeats, args.workers))
     if "W4" in args.workloads:
         parts.append(run_w4(args.data_dir, args.scale, args.repeats, args.workers))
     text = "\n".join(parts)
