@@ -121,7 +121,9 @@ class Pipeline(DataraxModule):
             (``benchmarks/run.py`` measures both).
         workers: For a host source: threads or processes running the host
             stage; 0 runs it inline. None: ``default_workers()`` (the CPUs
-            this process may use, at most 16).
+            this process may use, at most 16). Reads that are cheap memory
+            copies with no host operators (a page-cached ``.npy`` file, cached
+            Parquet row groups) measured faster inline (docs/benchmarks.md).
         worker_kind: ``"thread"`` (default; readers and decoders that release
             the GIL) or ``"process"`` (``spawn``ed processes with shared
             memory, for Python-heavy host operators; the source's and the
