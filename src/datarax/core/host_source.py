@@ -55,6 +55,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from datarax.core.batch_form import VALID_MASK
 from datarax.core.constructor_args import recipe
 from datarax.core.data_source import DataSourceModule
 from datarax.core.spec import BytesSpec, RaggedSpec, spec_to_str
@@ -156,4 +157,51 @@ def check_columns(owner: str, columns: Any, spec: Mapping[str, Any], count: int)
             )
 
 
-__all__ = ["HostSourceModule", "check_columns", "check_indices"]
+def check_element_spec(owner: str, spec: Any) -> dict[str, Any]:
+    """A user-given host element spec, checked: a non-empty dict of column name to a spec leaf.
+
+    Raises:
+        TypeError: If it is not a non-empty dict of ``str`` to ``jax.ShapeDtypeStruct``,
+            ``BytesSpec`` or ``RaggedSpec``.
+        ValueError: If it names the reserved ``valid_mask`` column.
+
+    Example:
+        >>> check_element_spec("MySource", {"jpeg": BytesSpec()})
+        {'jpeg': BytesSpec()}
+        >>> check_element_spec("MySource", {"valid_mask": BytesSpec()})
+        Traceback (most recent call last):
+        ...
+        ValueError: MySource: column name 'valid_mask' is reserved for batches
+    """
+    if not isinstance(spec, Mapping) or not spec:
+        raise TypeError(f"{owner}: element_spec must be a non-empty dict of column specs, got {spec!r}")
+    for name, leaf in spec.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{owner}: element_spec column names must be str, got {name!r}")
+        if not isinstance(leaf, jax.ShapeDtypeStruct | BytesSpec | RaggedSpec):
+            raise TypeError(
+                f"{owner}: element_spec column {name!r} is {leaf!r}; expected a jax.ShapeDtypeStruct, "
+                "a BytesSpec or a RaggedSpec"
+            )
+    if VALID_MASK in spec:
+        raise ValueError(f"{owner}: column name {VALID_MASK!r} is reserved for batches")
+    return dict(spec)
+
+
+def empty_columns(spec: Mapping[str, Any], count: int) -> dict[str, Any]:
+    """Columns to fill with ``count`` records of ``spec``: a list per host column, an empty array per fixed one.
+
+    Example:
+        >>> columns = empty_columns({"jpeg": BytesSpec(), "label": jax.ShapeDtypeStruct((), np.int32)}, 2)
+        >>> columns["jpeg"], columns["label"].shape
+        ([None, None], (2,))
+    """
+    return {
+        name: [None] * count
+        if isinstance(leaf, BytesSpec | RaggedSpec)
+        else np.empty((count, *leaf.shape), dtype=leaf.dtype)
+        for name, leaf in spec.items()
+    }
+
+
+__all__ = ["HostSourceModule", "check_columns", "check_element_spec", "check_indices", "empty_columns"]

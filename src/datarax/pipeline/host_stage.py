@@ -49,7 +49,7 @@ import jax
 import numpy as np
 
 from datarax.core.host_operator import HostOperator
-from datarax.core.host_source import HostSourceModule, check_columns
+from datarax.core.host_source import HostSourceModule, check_columns, empty_columns
 from datarax.core.prng import HostRng, host_rng_states
 from datarax.core.spec import is_host_spec, spec_to_str
 from datarax.pipeline.records import chunk_size
@@ -228,7 +228,7 @@ class HostStage:
 
     def allocate(self) -> dict[str, np.ndarray]:
         """Empty output arrays for one batch."""
-        return {name: np.empty((self.batch_size, *leaf.shape), leaf.dtype) for name, leaf in self.spec.items()}
+        return empty_columns(self.spec, self.batch_size)
 
     def _store(self, columns: Mapping[str, np.ndarray], element: Mapping[str, Any], row: int, record: int) -> None:
         if set(element) != set(columns):

@@ -69,11 +69,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from datarax.core.batch_form import VALID_MASK
 from datarax.core.config import StructuralConfig
 from datarax.core.data_source import LocalFilesOnlyMixin
 from datarax.core.extras import import_extra
-from datarax.core.host_source import HostSourceModule
+from datarax.core.host_source import HostSourceModule, check_element_spec, empty_columns
 from datarax.core.spec import BytesSpec, RaggedSpec, spec_to_str
 from datarax.core.validation import boolean, optional_callable
 from datarax.sources.record_format import DTYPES, decode_batch, decode_record
@@ -230,22 +229,6 @@ def _describe(name: str, value: Any, where: str) -> Any:
     return jax.ShapeDtypeStruct(array.shape, array.dtype)
 
 
-def _check_spec(spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, Mapping) or not spec:
-        raise TypeError(f"{_OWNER}: element_spec must be a non-empty dict of column specs, got {spec!r}")
-    for name, leaf in spec.items():
-        if not isinstance(name, str):
-            raise TypeError(f"{_OWNER}: element_spec column names must be str, got {name!r}")
-        if not isinstance(leaf, jax.ShapeDtypeStruct | BytesSpec | RaggedSpec):
-            raise TypeError(
-                f"{_OWNER}: element_spec column {name!r} is {leaf!r}; expected a jax.ShapeDtypeStruct, "
-                "a BytesSpec or a RaggedSpec"
-            )
-    if VALID_MASK in spec:
-        raise ValueError(f"{_OWNER}: column name {VALID_MASK!r} is reserved for batches")
-    return dict(spec)
-
-
 class ArrayRecordSource(LocalFilesOnlyMixin, HostSourceModule):
     """A host source over the records of one or many ArrayRecord files (see the module docstring).
 
@@ -313,9 +296,9 @@ class ArrayRecordSource(LocalFilesOnlyMixin, HostSourceModule):
             first = self._decoded(zero, self._raw(zero))[0]
             where = self._where(0)
             self._spec = {key: _describe(key, value, where) for key, value in first.items()}
-            _check_spec(self._spec)
+            check_element_spec(_OWNER, self._spec)
         else:
-            self._spec = _check_spec(element_spec)
+            self._spec = check_element_spec(_OWNER, element_spec)
         self._all_fixed = not any(isinstance(leaf, BytesSpec | RaggedSpec) for leaf in self._spec.values())
         self.read_records(np.zeros(1, np.int64))  # record 0 fits the spec
 
@@ -404,12 +387,7 @@ class ArrayRecordSource(LocalFilesOnlyMixin, HostSourceModule):
             if batch is not None and self._fits(batch, len(raw)):
                 return batch
         records = self._decoded(indices, raw)
-        columns: dict[str, Any] = {}
-        for name, leaf in self._spec.items():
-            if isinstance(leaf, BytesSpec | RaggedSpec):
-                columns[name] = [None] * len(records)
-            else:
-                columns[name] = np.empty((len(records), *leaf.shape), dtype=leaf.dtype)
+        columns = empty_columns(self._spec, len(records))
         for row, (index, record) in enumerate(zip(indices.tolist(), records)):
             if record.keys() != self._spec.keys():
                 raise ValueError(

@@ -59,7 +59,7 @@ from flax import nnx
 from datarax.core.batch_form import VALID_MASK
 from datarax.core.config import StructuralConfig
 from datarax.core.extras import import_extra
-from datarax.core.host_source import HostSourceModule, check_indices
+from datarax.core.host_source import HostSourceModule, check_element_spec, check_indices, empty_columns
 from datarax.core.spec import BytesSpec, RaggedSpec, spec_to_str
 from datarax.samplers.feistel import MAX_N
 
@@ -107,22 +107,6 @@ def _describe(name: str, value: Any, index: int) -> Any:
             "arrays of a numeric or bool dtype (encode str to bytes)"
         )
     return jax.ShapeDtypeStruct(array.shape, array.dtype)
-
-
-def _check_spec(spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, Mapping) or not spec:
-        raise TypeError(f"{_OWNER}: element_spec must be a non-empty dict of column specs, got {spec!r}")
-    for name, leaf in spec.items():
-        if not isinstance(name, str):
-            raise TypeError(f"{_OWNER}: element_spec column names must be str, got {name!r}")
-        if not isinstance(leaf, jax.ShapeDtypeStruct | BytesSpec | RaggedSpec):
-            raise TypeError(
-                f"{_OWNER}: element_spec column {name!r} is {leaf!r}; expected a jax.ShapeDtypeStruct, "
-                "a BytesSpec or a RaggedSpec"
-            )
-    if VALID_MASK in spec:
-        raise ValueError(f"{_OWNER}: column name {VALID_MASK!r} is reserved for batches")
-    return dict(spec)
 
 
 class GrainSource(HostSourceModule):
@@ -178,9 +162,9 @@ class GrainSource(HostSourceModule):
         self._data = (data_source,)
         if element_spec is None:
             first = self._as_dict(self._fetch([0])[0], 0)
-            self._spec = _check_spec({key: _describe(key, value, 0) for key, value in first.items()})
+            self._spec = check_element_spec(_OWNER, {key: _describe(key, value, 0) for key, value in first.items()})
         else:
-            self._spec = _check_spec(element_spec)
+            self._spec = check_element_spec(_OWNER, element_spec)
         self.read_records(np.zeros(1, np.int64))  # record 0 fits the spec
 
     @property
@@ -245,12 +229,7 @@ class GrainSource(HostSourceModule):
         """
         positions = check_indices(_OWNER, indices, self.num_records).tolist()
         records = self._fetch(positions)
-        columns: dict[str, Any] = {}
-        for name, leaf in self._spec.items():
-            if isinstance(leaf, BytesSpec | RaggedSpec):
-                columns[name] = [None] * len(records)
-            else:
-                columns[name] = np.empty((len(records), *leaf.shape), dtype=leaf.dtype)
+        columns = empty_columns(self._spec, len(records))
         for row, (index, record) in enumerate(zip(positions, records, strict=True)):
             record = self._as_dict(record, index)
             if record.keys() != self._spec.keys():

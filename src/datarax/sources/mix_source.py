@@ -102,8 +102,8 @@ from flax import nnx
 
 from datarax.core.config import StructuralConfig
 from datarax.core.constructor_args import from_recipe
-from datarax.core.host_source import HostSourceModule, check_indices
-from datarax.core.spec import BytesSpec, RaggedSpec, spec_to_str
+from datarax.core.host_source import HostSourceModule, check_indices, empty_columns
+from datarax.core.spec import spec_to_str
 from datarax.core.validation import is_int
 from datarax.samplers.feistel import MAX_N, feistel_permute_np
 
@@ -432,12 +432,7 @@ class MixSource(HostSourceModule):
         """
         which, records = self.locate(indices)
         count = len(records)
-        columns: dict[str, Any] = {}
-        for name, leaf in self._spec.items():
-            if isinstance(leaf, BytesSpec | RaggedSpec):
-                columns[name] = [None] * count
-            else:
-                columns[name] = np.empty((count, *leaf.shape), dtype=leaf.dtype)
+        columns = empty_columns(self._spec, count)
         for j in np.unique(which).tolist():
             where = np.flatnonzero(which == j)
             part = self.sources[j].read_records(records[where])
