@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -111,12 +112,40 @@ def optional_callable(owner: str, name: str, value: Any) -> Any:
     return value
 
 
+def optional_column_names(owner: str, name: str, value: Any) -> tuple[str, ...] | None:
+    """None, or a non-empty sequence of distinct non-empty column names (the columns a source reads), as a tuple.
+
+    Example:
+        >>> optional_column_names("ParquetSource", "columns", ["image", "label"])
+        ('image', 'label')
+        >>> optional_column_names("ParquetSource", "columns", "image")
+        Traceback (most recent call last):
+        ...
+        ValueError: ParquetSource: columns must be a tuple of column names or None, got 'image' (did you mean ...
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        hint = f" (did you mean ({value!r},)?)" if isinstance(value, str) else ""
+        raise ValueError(f"{_prefix(owner)}{name} must be a tuple of column names or None, got {value!r}{hint}")
+    names = tuple(value)
+    if not names:
+        raise ValueError(f"{_prefix(owner)}{name} is empty; give at least one column name, or None for all")
+    for item in names:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"{_prefix(owner)}column names must be non-empty str, got {item!r} in {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{_prefix(owner)}{name} has repeated names: {names!r}")
+    return names
+
+
 __all__ = [
     "boolean",
     "int_in_range",
     "is_int",
     "non_negative_int",
     "optional_callable",
+    "optional_column_names",
     "optional_non_negative_int",
     "optional_positive_int",
     "positive_int",

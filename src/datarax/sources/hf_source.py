@@ -103,7 +103,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -116,7 +116,7 @@ from datarax.core.data_source import LocalFilesOnlyMixin
 from datarax.core.extras import import_extra
 from datarax.core.host_source import HostSourceModule, check_columns, check_indices
 from datarax.core.spec import BytesSpec, RaggedSpec
-from datarax.core.validation import boolean
+from datarax.core.validation import boolean, optional_column_names
 
 _OWNER = "HFSource"
 BUILDERS = ("parquet", "json", "csv", "imagefolder")
@@ -145,20 +145,7 @@ class HFSourceConfig(StructuralConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
-        columns = self.columns
-        if columns is not None:
-            if isinstance(columns, str) or not isinstance(columns, Sequence):
-                hint = f" (did you mean ({columns!r},)?)" if isinstance(columns, str) else ""
-                raise ValueError(f"{name}: columns must be a tuple of column names or None, got {columns!r}{hint}")
-            columns = tuple(columns)
-            if not columns:
-                raise ValueError(f"{name}: columns is empty; give at least one column name, or None for all")
-            for column in columns:
-                if not isinstance(column, str) or not column:
-                    raise ValueError(f"{name}: column names must be non-empty str, got {column!r} in {columns!r}")
-            if len(set(columns)) != len(columns):
-                raise ValueError(f"{name}: columns has repeated names: {columns!r}")
-            object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "columns", optional_column_names(name, "columns", self.columns))
         object.__setattr__(self, "local_files_only", boolean(name, "local_files_only", self.local_files_only))
 
 

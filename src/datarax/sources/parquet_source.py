@@ -92,7 +92,7 @@ from datarax.core.config import StructuralConfig
 from datarax.core.extras import import_extra
 from datarax.core.host_source import HostSourceModule, check_indices
 from datarax.core.spec import BytesSpec, RaggedSpec
-from datarax.core.validation import non_negative_int
+from datarax.core.validation import non_negative_int, optional_column_names
 
 _OWNER = "ParquetSource"
 
@@ -119,20 +119,7 @@ class ParquetSourceConfig(StructuralConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
-        columns = self.columns
-        if columns is not None:
-            if isinstance(columns, str) or not isinstance(columns, Sequence):
-                hint = f" (did you mean ({columns!r},)?)" if isinstance(columns, str) else ""
-                raise ValueError(f"{name}: columns must be a tuple of column names or None, got {columns!r}{hint}")
-            columns = tuple(columns)
-            if not columns:
-                raise ValueError(f"{name}: columns is empty; give at least one column name, or None for all")
-            for column in columns:
-                if not isinstance(column, str) or not column:
-                    raise ValueError(f"{name}: column names must be non-empty str, got {column!r} in {columns!r}")
-            if len(set(columns)) != len(columns):
-                raise ValueError(f"{name}: columns has repeated names: {columns!r}")
-            object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "columns", optional_column_names(name, "columns", self.columns))
         object.__setattr__(self, "cache_row_groups", non_negative_int(name, "cache_row_groups", self.cache_row_groups))
 
 
