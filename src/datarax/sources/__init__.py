@@ -8,7 +8,9 @@
   ``datarax.sources.record_format``, or decoded by a function of yours),
   ``HFSource`` (Hugging Face ``datasets``: in memory, saved to disk, or local
   parquet/json/csv/imagefolder files; the ``hf`` extra), ``GrainSource``
-  (any Grain random-access source or ``MapDataset``; the ``grain`` extra).
+  (any Grain random-access source or ``MapDataset``; the ``grain`` extra),
+  ``TFDSSource`` (a TFDS dataset prepared as ArrayRecord in a local
+  ``data_dir``; the ``tfds`` extra).
 * ``MixSource``: several host sources mixed by weight; which source and
   record an index reads is a pure function of (seed, index), and each source
   is visited in exact epochs of its own.
@@ -24,6 +26,7 @@ from datarax.sources.mix_source import MixSource, MixSourceConfig
 from datarax.sources.numpy_file_source import NumpyFileSource, NumpyFileSourceConfig
 from datarax.sources.parquet_source import ParquetSource, ParquetSourceConfig
 from datarax.sources.record_format import decode_record, encode_record, write_array_record
+from datarax.sources.tfds_source import TFDSSource, TFDSSourceConfig
 
 __all__ = [
     "ArrayRecordSource",
@@ -40,6 +43,8 @@ __all__ = [
     "NumpyFileSourceConfig",
     "ParquetSource",
     "ParquetSourceConfig",
+    "TFDSSource",
+    "TFDSSourceConfig",
     "decode_record",
     "encode_record",
     "write_array_record",
