@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from datarax.core import threefry
+
 
 def stream_root_key(rngs: nnx.Rngs, stream_name: str) -> jax.Array:
     """Returns the root key of ``stream_name`` without advancing the stream.
@@ -117,9 +119,12 @@ def record_keys(root_key: jax.Array, epoch: Any, records: Any) -> jax.Array:
     Returns:
         A vector of keys, one per record.
     """
-    epoch_key = jax.random.fold_in(root_key, jnp.asarray(epoch, dtype=jnp.uint32))
     records = jnp.asarray(records).astype(jnp.uint32)
-    return jax.vmap(lambda r: jax.random.fold_in(epoch_key, r))(records)
+    if not jax.dtypes.issubdtype(root_key.dtype, jax.dtypes.prng_key):  # a raw uint32 key
+        epoch_key = jax.random.fold_in(root_key, jnp.asarray(epoch, dtype=jnp.uint32))
+        return jax.vmap(lambda r: jax.random.fold_in(epoch_key, r))(records)
+    # threefry.fold_in: jax.random.fold_in's keys, without XLA:CPU's rolled hash loop.
+    return threefry.fold_in(threefry.fold_in(root_key, jnp.asarray(epoch, dtype=jnp.uint32)), records)
 
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from datarax.core import threefry
 from datarax.core.operator import OperatorModule
 from datarax.core.spec import spec_mismatches, spec_of
 
@@ -95,7 +96,7 @@ def child_key(key: jax.Array | None, index: int, child: OperatorModule) -> jax.A
     """``fold_in(key, index)`` for a stochastic child, None for a deterministic one."""
     if not child.stochastic:
         return None
-    return jax.random.fold_in(key, index)
+    return threefry.fold_in(key, index)
 
 
 def own_flags(applied: Any) -> jax.Array:

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from datarax.core import threefry
 from datarax.core.config import OperatorConfig
 from datarax.core.operator import OperatorModule
 from datarax.core.validation import is_int
@@ -137,7 +138,7 @@ class RandomFlip(OperatorModule):
         p = self.config.probability
         # The coin goes behind an optimization barrier: otherwise XLA fuses its
         # hash into the select and recomputes it for every pixel of the record.
-        flip = (p == 1) if key is None else jax.lax.optimization_barrier(jax.random.bernoulli(key, p))
+        flip = (p == 1) if key is None else jax.lax.optimization_barrier(threefry.bernoulli(key, p))
         out = dict(element)
         for field in self.config.fields:
             if field not in element:

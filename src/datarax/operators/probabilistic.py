@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from datarax.core import threefry
 from datarax.core.config import OperatorConfig
 from datarax.core.operator import OperatorModule
 from datarax.core.spec import spec_mismatches, spec_of
@@ -161,7 +162,7 @@ class ProbabilisticOperator(OperatorModule):
             apply_it = p == 1
             out, flags = transform(element) if apply_it else skip(element)
         else:
-            apply_it = jax.random.uniform(jax.random.fold_in(key, 0), ()) < p
+            apply_it = threefry.uniform(threefry.fold_in(key, 0)) < p
             out, flags = jax.lax.cond(apply_it, transform, skip, element)
         return out, jnp.concatenate([own_flags(apply_it), flags])
 

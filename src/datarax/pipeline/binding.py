@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,10 @@ from datarax.pipeline.program import StateLayout, StepProgram
 _RAW_SLOT = getattr(nnx.Variable, "_raw_value", None)
 if not isinstance(_RAW_SLOT, types.MemberDescriptorType):
     _RAW_SLOT = None
+
+
+def _get_raw(var: nnx.Variable) -> Any:
+    return _RAW_SLOT.__get__(var) if _RAW_SLOT is not None else var.get_raw_value()
 
 
 def _set_raw(var: nnx.Variable, value: Any) -> None:
@@ -109,8 +114,8 @@ class StepBinding:
         The same list object as long as no variable was given a new value, so
         callers can tell cheaply (``is``) whether the state changed.
         """
-        current = [v.get_raw_value() for v in self._variables]
-        if any(a is not b for a, b in zip(current, self._seen, strict=True)):
+        current = list(map(_get_raw, self._variables))
+        if any(map(operator.is_not, current, self._seen)):
             leaves = self._fixed_leaves()
             if len(leaves) != self._num_fixed:  # a variable changed structure (e.g. statistics set)
                 self._bind()
@@ -172,7 +177,7 @@ class StepBinding:
     def commit(self, increments: Any, valid_rows: int) -> None:
         """Adds a handed-out batch's counts to the operators' counters."""
         for var in self._host_applied:
-            _set_raw(var, _plus(var.get_raw_value(), valid_rows))
+            _set_raw(var, _plus(_get_raw(var), valid_rows))
         if increments is not None:
             current = [v.get_raw_value() for v in self._device_vars]
             for var, value in zip(self._device_vars, self.program.accumulate(current, increments), strict=True):

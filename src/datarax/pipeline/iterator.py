@@ -144,7 +144,8 @@ class PipelineIterator:
         if head.epoch != self._reported_epoch:
             self._on_epoch(head.epoch)
             self._reported_epoch = head.epoch
-        self._fill(self._prefetch, inputs)  # keep the device busy while the consumer works
+        if self._prefetch:
+            self._fill(self._prefetch, inputs)  # keep the device busy while the consumer works
         return head.batch
 
     @property

@@ -67,6 +67,7 @@ class RecordSchedule:
         self._compute = compute_chunk or self._host_chunk
         self._cached: tuple[int, int] | None = None
         self._records: Any = None
+        self._metas: list[np.ndarray] = []
 
     def _host_chunk(self, epoch: int, chunk_start: int) -> np.ndarray:
         n = self.stream.num_records
@@ -84,6 +85,13 @@ class RecordSchedule:
             # the previous chunk may still be reading it.
             self._records = self._compute(epoch, chunk_start)
             self._cached = (epoch, chunk_start)
+            # Each batch's meta, made once per chunk rather than once per batch
+            # (read-only: the step may still be reading an earlier batch's).
+            size = self.stream.batch_size
+            self._metas = [
+                np.array([epoch, self.valid_rows(chunk_start + offset), offset], np.int32)
+                for offset in range(0, min(self._chunk, self.stream.positions_per_epoch - chunk_start), size)
+            ]
         return self._records
 
     def batch(self, epoch: int, start: int) -> tuple[Any, np.ndarray]:
@@ -96,8 +104,7 @@ class RecordSchedule:
         """
         offset = start % self._chunk
         chunk = self._records if self._cached == (epoch, start - offset) else self._chunk_for(epoch, start - offset)
-        meta = np.array([epoch, self.valid_rows(start), offset], np.int32)
-        return chunk, meta
+        return chunk, self._metas[offset // self.stream.batch_size]
 
     def valid_rows(self, start: int) -> int:
         """Real rows of the batch whose first row is epoch position ``start``."""
