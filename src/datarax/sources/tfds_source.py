@@ -22,8 +22,9 @@ as TFDS stored it (TFDS shuffles the examples by key when it prepares a
 split, so this is usually not the order the builder generated them in); the
 pipeline's own shuffle, epochs, workers and resumption apply on top. ``split``
 takes TFDS's split syntax (``"train"``, ``"train[:80%]"``, ``"train+test"``).
-Only the configured columns are decoded: every other feature is left
-undecoded (``tfds.decode.SkipDecoding``) and dropped. The data source is
+Only the configured columns are returned; the other features are left
+undecoded (``tfds.decode.SkipDecoding``) where TFDS allows it (not sequences
+or nested dicts) and dropped. The data source is
 thread-safe (ArrayRecord readers are), so worker threads share it.
 
 **Column types.** Each selected feature's type decides its spec:
@@ -122,7 +123,8 @@ class TFDSSourceConfig(StructuralConfig):
 
     Attributes:
         columns: The features to read, in order (a tuple of top-level feature
-            names; a list is stored as a tuple), or None for every feature.
+            names; a list is stored as a tuple), or None for every feature,
+            in sorted order.
         local_files_only: If True, a dataset missing from ``data_dir`` raises
             the ``LocalFilesOnlyMixin`` error naming the dataset and the folder
             to populate. A missing dataset is a ``FileNotFoundError`` either
@@ -315,12 +317,13 @@ class TFDSSource(LocalFilesOnlyMixin, HostSourceModule):
                 f"{_OWNER}: dataset {dataset_name!r} has features {type(features).__name__}; expected a FeaturesDict "
                 "(one column per feature)"
             )
-        names = config.columns if config.columns is not None else tuple(features.keys())
+        # Sorted: the order of a FeaturesDict rebuilt from features.json varies from process to process.
+        names = config.columns if config.columns is not None else tuple(sorted(features.keys()))
         missing = [column for column in names if column not in features]
         if missing:
             raise ValueError(
                 f"{_OWNER}: columns {missing} are not features of dataset {dataset_name!r}; its features are "
-                f"{list(features.keys())}"
+                f"{sorted(features.keys())}"
             )
         if VALID_MASK in names:
             raise ValueError(
@@ -333,13 +336,13 @@ class TFDSSource(LocalFilesOnlyMixin, HostSourceModule):
             for column in names
             if isinstance(features[column], tfds.features.ClassLabel)
         }
-        # Images stay encoded; features not read are not decoded at all.
-        skip = tfds.decode.SkipDecoding
+        # Images stay encoded, and features not read are not decoded (TFDS cannot skip decoding a sequence
+        # or a nested dict: those are decoded, then dropped).
+        nested = tfds.features.Sequence | tfds.features.FeaturesDict
         decoders = {
-            key: skip()
+            key: tfds.decode.SkipDecoding()
             for key, feature in features.items()
-            if (key not in names and not isinstance(feature, tfds.features.FeaturesDict))
-            or (key in names and isinstance(feature, tfds.features.Image))
+            if isinstance(feature, tfds.features.Image) or (key not in names and not isinstance(feature, nested))
         }
         try:
             data = builder.as_data_source(split, decoders=decoders or None, file_format="array_record")
