@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -110,6 +111,22 @@ class DataraxTinyOld(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self):
         for i in range(3):
             yield i, {"id": 1000 + i}
+
+
+class DataraxParquet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A dataset TFDS can prepare as Parquet, which TFDSSource refuses (it reads ArrayRecord)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"id": np.int64}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(3):
+            yield i, {"id": i}
 
 
 @pytest.fixture(scope="session")
@@ -220,9 +237,20 @@ def test_a_dataset_missing_from_data_dir_is_named(data_dir, tmp_path):
         TFDSSource(TFDSSourceConfig(local_files_only=True), dataset_name=NAME, data_dir=missing_dir)
     with pytest.raises(FileNotFoundError, match=r"prepared versions there: \['1.0.0', '2.0.0'\]"):
         TFDSSource(TFDSSourceConfig(), dataset_name=f"{NAME}:3.0.0", data_dir=data_dir)
+    default_dir = os.path.join(os.path.expanduser(tfds.core.constants.DATA_DIR), "nowhere_set")
+    with pytest.raises(FileNotFoundError, match=re.escape(default_dir)):
+        TFDSSource(TFDSSourceConfig(), dataset_name="nowhere_set")  # data_dir=None: TFDS's default folder
     # local_files_only=True reads a dataset that is there.
     config = TFDSSourceConfig(columns=("id",), local_files_only=True)
     assert len(TFDSSource(config, dataset_name=NAME, data_dir=data_dir)) == N
+
+
+def test_a_dataset_prepared_in_another_file_format_is_refused(tmp_path):
+    DataraxParquet(data_dir=str(tmp_path), file_format="parquet").download_and_prepare()
+    with pytest.raises(
+        ValueError, match=r"'datarax_parquet' in .* was prepared as parquet; .*file_format='array_record'"
+    ):
+        TFDSSource(TFDSSourceConfig(), dataset_name="datarax_parquet", data_dir=str(tmp_path))
 
 
 def test_bad_arguments_are_named(data_dir):

@@ -14,6 +14,10 @@ and reads it through TFDS's ArrayRecord data source
 without a version the highest version prepared in ``data_dir`` is read.
 ``data_dir=None`` means TFDS's default (``$TFDS_DATA_DIR``, else
 ``~/tensorflow_datasets``); remote data dirs (``gs://...``) are refused.
+Preparing is TFDS's business: it needs TensorFlow only for some features
+(an ``Image`` given as a numpy array, which TFDS encodes with ``tf.image``;
+``Audio``; ``Video``) and for ``file_format="tfrecord"``; a builder that yields
+images as encoded bytes (or file paths, or PIL images) prepares without it.
 
 **Random access.** ``read_records(indices)`` makes one batched read of the
 ArrayRecord files (the data source's ``__getitems__``) and decodes the records
@@ -46,7 +50,9 @@ thread-safe (ArrayRecord readers are), so worker threads share it.
 
 ``Audio``, ``Video``, nested ``FeaturesDict`` features and sequences of
 anything else are refused with a ``TypeError`` naming the column (leave them
-out with ``TFDSSourceConfig(columns=...)``). Every batch is checked against
+out with ``TFDSSourceConfig(columns=...)``). TFDS builds ``Audio`` and
+``Video`` features with TensorFlow, so without it a dataset that has one
+cannot be opened at all, whichever columns are read. Every batch is checked against
 the spec: a record of another shape is a ``ValueError`` naming the column and
 the record.
 
