@@ -233,7 +233,9 @@ def test_a_dataset_missing_from_data_dir_is_named(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"'nowhere_set' is not prepared in .*never downloads"):
         TFDSSource(TFDSSourceConfig(), dataset_name="nowhere_set", data_dir=data_dir)
     missing_dir = str(tmp_path / "no_dir")
-    with pytest.raises(FileNotFoundError, match=r"local_files_only=True.*no_dir/datarax_tiny"):
+    with pytest.raises(
+        FileNotFoundError, match=r"local_files_only=True.*no_dir/datarax_tiny/<version>/dataset_info.json"
+    ):
         TFDSSource(TFDSSourceConfig(local_files_only=True), dataset_name=NAME, data_dir=missing_dir)
     with pytest.raises(FileNotFoundError, match=r"prepared versions there: \['1.0.0', '2.0.0'\]"):
         TFDSSource(TFDSSourceConfig(), dataset_name=f"{NAME}:3.0.0", data_dir=data_dir)

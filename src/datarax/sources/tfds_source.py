@@ -395,7 +395,8 @@ class TFDSSource(LocalFilesOnlyMixin, HostSourceModule):
         if os.path.isfile(info_file):
             return version_dir
         expected = version_dir if version is not None else os.path.join(folder, "<version>")
-        self._check_local_cache([info_file], dataset_name=name)
+        # The folder TFDS would write; "<version>" when none is prepared (it never exists, so it is listed).
+        self._check_local_cache([os.path.join(expected, "dataset_info.json")], dataset_name=name)
         prepared = _prepared_versions(folder)
         found = f"; prepared versions there: {prepared}" if prepared else ""
         raise FileNotFoundError(
