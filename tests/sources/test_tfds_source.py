@@ -283,6 +283,28 @@ def test_bad_arguments_are_named(data_dir):
         _source(data_dir, ("id",)).get_records([0.5])
 
 
+def test_tfds_is_an_extra_and_reading_needs_no_tensorflow(data_dir, monkeypatch):
+    code = (
+        "import sys, numpy as np, datarax, datarax.sources\n"
+        "assert 'tensorflow_datasets' not in sys.modules, 'import datarax imported tensorflow_datasets'\n"
+        "source = datarax.sources.TFDSSource(datarax.sources.TFDSSourceConfig(columns=('id', 'image')),\n"
+        "                                    dataset_name='datarax_tiny', data_dir=sys.argv[1])\n"
+        "print(len(source.get_records(np.arange(5))['image']), 'tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, data_dir], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["5", "False"]
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # how Python makes an import fail
+    with pytest.raises(
+        ImportError,
+        match=r"TFDSSource needs the 'tensorflow_datasets' package: pip install "
+        r"'datarax\[tfds\]'",
+    ):
+        _source(data_dir)
+
+
 # --- in a Pipeline ---------------------------------------------------------------------------------
 
 # Shared by this process and the fresh process of the resume test: the same pipeline from the same folder.
