@@ -13,6 +13,8 @@ stage, before the batch reaches the device:
 * ``HostMapOperator``: a user function ``fn(element, rng)``.
 * ``DecodeImage``, ``HostResize``, ``HostCenterCrop``, ``HostRandomResizedCrop``: encoded images to
   fixed-shape uint8 arrays (the ``image`` extra: PIL and simplejpeg, imported when first built).
+* ``DecodeAudio``: encoded audio (WAV, FLAC, OGG, ...) to fixed-length float32 samples, mixed to mono,
+  resampled, cropped or padded (the ``audio`` extra: soundfile and soxr, imported when first built).
 
 Every operator follows ``datarax.core.operator.OperatorModule``: ``apply`` is pure, randomness
 comes only from the per-record key, and ``output_spec`` checks compatibility at construction.
@@ -21,6 +23,7 @@ Operators that hold children give child ``i`` a key folded from their own record
 
 from datarax.operators.composite import STRATEGIES, CompositeOperator, CompositeOperatorConfig
 from datarax.operators.element import ElementOperator, ElementOperatorConfig
+from datarax.operators.host_audio import DecodeAudio, DecodeAudioConfig
 from datarax.operators.host_image import (
     DecodeImage,
     DecodeImageConfig,
@@ -41,6 +44,8 @@ __all__ = [
     "STRATEGIES",
     "CompositeOperator",
     "CompositeOperatorConfig",
+    "DecodeAudio",
+    "DecodeAudioConfig",
     "DecodeImage",
     "DecodeImageConfig",
     "ElementOperator",
