@@ -270,11 +270,6 @@ def test_bad_arguments_are_named(memory, saved):
 
 
 def test_unsupported_features_are_refused_naming_the_column():
-    audio = datasets.Dataset.from_dict({"x": [1]}).cast_column("x", Value("int64"))
-    audio = audio.add_column("clip", [None]).cast_column("clip", Audio())
-    with pytest.raises(TypeError, match=r"column 'clip' is an Audio feature; HFSource does not read audio yet"):
-        _source(dataset=audio)
-    assert _source(("x",), dataset=audio).get_records([0])["x"].tolist() == [1]
     nested = datasets.Dataset.from_dict({"n": [[[1], [2, 3]]], "d": [{"a": 1}]})
     with pytest.raises(TypeError, match=r"column 'n' .*a length other than the outermost varies"):
         _source(("n",), dataset=nested)
@@ -316,3 +311,172 @@ def test_process_workers_read_a_saved_dataset(saved):
     source = _source(("id", "label"), path=saved)
     inline = _stream(_pipeline(source, workers=0))
     assert _stream(_pipeline(_source(("id", "label"), path=saved), workers=2, worker_kind="process")) == inline
+
+
+# --- Audio columns: encoded bytes, decoded by DecodeAudio on the host stage -----------------------
+
+RATE = 8000
+CLIPS = 13
+CLIP_LENGTH = 400  # DecodeAudio's length below: some clips are longer (cropped), some shorter (padded)
+
+
+def _clip(i):
+    """Record ``i``'s PCM16 sine: a known frequency and length, stereo for every third record."""
+    count, frequency = 250 + 37 * i, 200 + 50 * i
+    t = np.arange(count) / RATE
+    channels = 2 if i % 3 == 0 else 1
+    wave = np.stack([0.5 / (c + 1) * np.sin(2 * np.pi * frequency * t) for c in range(channels)], axis=1)
+    return np.round(wave * 32767).astype(np.int16)
+
+
+def _encoded(i):
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, _clip(i), RATE, format="FLAC" if i % 2 else "WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _mono(i):
+    """What DecodeAudio's mono mix of record ``i`` is: the channels' mean of the PCM16 samples over 32768."""
+    return _clip(i).astype(np.float32).mean(axis=1, dtype=np.float32) / np.float32(32768)
+
+
+@pytest.fixture(scope="module")
+def audio_memory(tmp_path_factory):
+    """Records 0, 4, 8, 12 are held as paths to local files (as a dataset built from file names is)."""
+    folder = tmp_path_factory.mktemp("clips")
+    rows = []
+    for i in range(CLIPS):
+        if i % 4 == 0:
+            path = folder / f"clip{i}.{'flac' if i % 2 else 'wav'}"
+            path.write_bytes(_encoded(i))
+            rows.append({"bytes": None, "path": str(path)})
+        else:
+            rows.append({"bytes": _encoded(i), "path": None})
+    data = datasets.Dataset.from_dict({"audio": rows, "id": list(range(CLIPS))})
+    return data.cast_column("audio", Audio(sampling_rate=RATE, decode=False))
+
+
+@pytest.fixture(scope="module")
+def audio_saved(audio_memory, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audio_saved")
+    audio_memory.save_to_disk(str(folder))
+    return str(folder)
+
+
+def test_an_audio_column_is_its_encoded_bytes_from_memory_files_or_disk(audio_memory, audio_saved):
+    # decode=True (the default): still read as stored; Hugging Face's decoder is never called.
+    decoding = datasets.Dataset.from_dict({"clip": [{"bytes": _encoded(1), "path": None}]})
+    decoding = decoding.cast_column("clip", Audio())
+    for source in (_source(dataset=audio_memory), _source(path=audio_saved), _source(dataset=decoding)):
+        assert source.element_spec()["audio" if "audio" in source.columns else "clip"] == BytesSpec()
+    assert _source(dataset=decoding).get_records([0])["clip"] == [_encoded(1)]
+    assert _source(dataset=decoding).audio_sampling_rates == {"clip": None}
+    indices = np.array([4, 1, 0, 12, 7, 4])
+    for source in (_source(dataset=audio_memory), _source(path=audio_saved)):
+        assert source.audio_sampling_rates == {"audio": RATE}
+        batch = source.get_records(indices)
+        assert batch["audio"] == [_encoded(int(i)) for i in indices]  # path rows read from their files
+        assert batch["id"].tolist() == indices.tolist()
+    assert _source(("id",), path=audio_saved).audio_sampling_rates == {}
+
+
+def test_decode_audio_in_the_pipeline_gives_the_written_samples(audio_saved):
+    from datarax.operators import DecodeAudio, DecodeAudioConfig
+
+    decode = DecodeAudio(DecodeAudioConfig(length=CLIP_LENGTH, length_field="num_samples"))
+    pipeline = Pipeline(source=_source(path=audio_saved), host_stages=[decode], batch_size=4, rngs=nnx.Rngs(0))
+    seen = []
+    for batch in pipeline:
+        assert batch["audio"].shape == (4, CLIP_LENGTH) and batch["audio"].dtype == np.float32
+        for samples, i, count, valid in zip(
+            np.asarray(batch["audio"]), batch["id"].tolist(), batch["num_samples"].tolist(), batch["valid_mask"]
+        ):
+            want = _mono(i)
+            assert count == len(want)
+            if len(want) >= CLIP_LENGTH:  # crop="start": the first CLIP_LENGTH samples, exactly
+                assert np.array_equal(samples, want[:CLIP_LENGTH])
+            else:
+                assert np.array_equal(samples[: len(want)], want) and not samples[len(want) :].any()
+            if valid:
+                seen.append(i)
+    assert sorted(seen) == list(range(CLIPS))
+
+
+def _random_crop_pipeline(path, **kwargs):
+    from datarax.operators import DecodeAudio, DecodeAudioConfig
+
+    decode = DecodeAudio(DecodeAudioConfig(length=CLIP_LENGTH, crop="random", length_field="num_samples"))
+    options = {"batch_size": 4, "rngs": nnx.Rngs(7), "shuffle": True, "num_epochs": 2, **kwargs}
+    return Pipeline(source=_source(("id", "audio"), path=path), host_stages=[decode], **options)
+
+
+def _offsets(stream):
+    """Each valid row's (batch number, id, crop offset), the offset found in the record's written samples."""
+    out = []
+    for number, batch in enumerate(stream):
+        for i, samples, valid in zip(batch["id"], batch["audio"], batch["valid_mask"], strict=True):
+            if not valid:
+                continue
+            want, samples = _mono(i), np.asarray(samples, np.float32)
+            if len(want) <= CLIP_LENGTH:
+                assert np.array_equal(samples[: len(want)], want) and not samples[len(want) :].any()
+                out.append((number, i, 0))
+                continue
+            matches = [o for o in range(len(want) - CLIP_LENGTH + 1) if np.array_equal(samples, want[o:][:CLIP_LENGTH])]
+            assert matches, i  # a window of the record's own samples
+            out.append((number, i, matches[0]))
+    return out
+
+
+def test_a_random_crop_is_the_same_for_any_workers_and_after_a_resume(audio_saved):
+    full = _stream(_random_crop_pipeline(audio_saved, workers=0))
+    assert len(full) == 2 * 4
+    offsets = _offsets(full)
+    assert len(offsets) == 2 * CLIPS
+    cropped = [(i, o) for _, i, o in offsets if len(_mono(i)) > CLIP_LENGTH]
+    assert any(o > 0 for _, o in cropped)
+    by_epoch = [{i: o for n, i, o in offsets if (n < 4) == (epoch == 0)} for epoch in (0, 1)]  # 4 batches an epoch
+    assert any(by_epoch[0][i] != by_epoch[1][i] for i in by_epoch[0] if len(_mono(i)) > CLIP_LENGTH + 10)
+    assert _stream(_random_crop_pipeline(audio_saved, workers=2)) == full
+    assert _stream(_random_crop_pipeline(audio_saved, workers=2, worker_kind="process")) == full
+    iterator = iter(_random_crop_pipeline(audio_saved, workers=2))
+    head = [next(iterator) for _ in range(3)]
+    state = json.loads(json.dumps(iterator.get_state()))
+    iterator.close()
+    assert _stream(head) == full[:3]
+    resumed = iter(_random_crop_pipeline(audio_saved, workers=2, worker_kind="process"))
+    resumed.set_state(state)
+    assert _stream(resumed) == full[3:]
+    resumed.close()
+
+
+def test_audio_read_errors_name_the_record(tmp_path):
+    from datarax.operators import DecodeAudio, DecodeAudioConfig
+    from datarax.pipeline import HostStageError
+
+    rows = [
+        {"bytes": _encoded(1), "path": None},
+        {"bytes": None, "path": "https://example.com/clip.wav"},
+        {"bytes": None, "path": str(tmp_path / "gone.wav")},
+        {"bytes": None, "path": None},
+        {"bytes": b"no audio here", "path": None},
+    ]
+    data = datasets.Dataset.from_dict({"audio": rows}).cast_column("audio", Audio(decode=False))
+    source = _source(dataset=data)
+    assert source.get_records([0])["audio"] == [_encoded(1)]
+    with pytest.raises(ValueError, match=r"'audio', record 1: its audio is at 'https://example.com/clip.wav', not a"):
+        source.get_records([0, 1])
+    with pytest.raises(ValueError, match=r"'audio', record 2: its audio file .*gone.wav cannot be read"):
+        source.get_records([2])
+    with pytest.raises(ValueError, match=r"'audio', record 3: is an audio with neither bytes nor a path"):
+        source.get_records([3])
+    nulls = datasets.Dataset.from_dict({"clip": [None]}).cast_column("clip", Audio())
+    with pytest.raises(ValueError, match=r"column 'clip', record 0: holds a null value"):
+        _source(dataset=nulls).get_records([0])
+    undecodable = datasets.Dataset.from_dict({"audio": [rows[0], rows[4]]}).cast_column("audio", Audio(decode=False))
+    decode = DecodeAudio(DecodeAudioConfig(length=CLIP_LENGTH))
+    pipeline = Pipeline(source=_source(dataset=undecodable), host_stages=[decode], batch_size=2, rngs=nnx.Rngs(0))
+    with pytest.raises(HostStageError, match=r"DecodeAudio failed on record 1 .*13 bytes that could not be decoded"):
+        next(iter(pipeline))

@@ -52,10 +52,23 @@ so to read faster use process workers with ``path`` (or ``builder``).
   the host stage with ``datarax.operators.DecodeImage`` (in worker threads or
   processes). An image stored as a file path (what ``imagefolder`` stores)
   is read from that file.
+* ``Audio``: ``BytesSpec`` of the encoded file bytes (WAV, FLAC, OGG, MP3,
+  ...), read the same way and for the same reasons: Hugging Face's own audio
+  decoding (datasets 4+) needs torchcodec and FFmpeg, and would run on the
+  reading thread; the Arrow storage (a struct of ``bytes`` and ``path``) is
+  read as stored whatever the feature's ``decode`` says, and
+  ``datarax.operators.DecodeAudio`` decodes on the host stage (soundfile),
+  mixes to mono, resamples and crops or pads to a fixed length. A row that
+  holds only a path (an in-memory dataset built from file names;
+  ``save_to_disk`` embeds the bytes) is read from that local file; a remote
+  address (``https://``, ``hf://``, ...) is refused, naming the record, as
+  nothing is ever downloaded. The rate the feature asks for
+  (``Audio(sampling_rate=16000)``; None for each file's own) is in
+  ``source.audio_sampling_rates[column]``, to pass to
+  ``DecodeAudioConfig(sampling_rate=...)``.
 
-``Audio`` is not supported yet: a selected ``Audio`` column raises a
-``TypeError`` naming it (leave it out with ``HFSourceConfig(columns=...)``), as
-does any other feature (dicts, ``Translation``, ``Video``, timestamps, ...).
+Any other feature (dicts, ``Translation``, ``Video``, timestamps, ...) raises a
+``TypeError`` naming the column (leave it out with ``HFSourceConfig(columns=...)``).
 Every batch is checked against the spec: a null value, or a fixed-shape
 record of another shape, is a ``ValueError`` naming the column and the record.
 
@@ -157,8 +170,8 @@ class _Column:
     """One selected column: how its Arrow values are read, and its spec.
 
     ``kind`` is ``"fixed"`` (``shape`` is the record's shape), ``"ragged"``
-    (``shape`` is the shape of one item of the outer list), ``"bytes"`` or
-    ``"image"`` (a struct of ``bytes`` and ``path``).
+    (``shape`` is the shape of one item of the outer list), ``"bytes"``, or
+    ``"image"`` / ``"audio"`` (a struct of ``bytes`` and ``path``).
     """
 
     name: str
@@ -172,8 +185,8 @@ def _unsupported(name: str, feature: Any, why: str = "") -> TypeError:
     return TypeError(
         f"{_OWNER}: column {name!r} has feature {feature!r}{why}, which {_OWNER} cannot read; supported: Value of an "
         "integer, floating point, bool, string or binary type, ClassLabel, List/Sequence/LargeList and Array2D-5D "
-        "of numbers (only the outermost length may vary), Image (read as encoded bytes). Leave the column out "
-        "with HFSourceConfig(columns=...)"
+        "of numbers (only the outermost length may vary), Image and Audio (read as encoded bytes). Leave the column "
+        "out with HFSourceConfig(columns=...)"
     )
 
 
@@ -188,10 +201,7 @@ def _column(datasets: Any, pa: Any, name: str, feature: Any) -> _Column:
     """The ``_Column`` for a feature, or a ``TypeError`` naming the column and its feature."""
     features = datasets.features
     if isinstance(feature, features.Audio):
-        raise TypeError(
-            f"{_OWNER}: column {name!r} is an Audio feature; {_OWNER} does not read audio yet. Leave it out with "
-            "HFSourceConfig(columns=...)"
-        )
+        return _Column(name, "audio", BytesSpec())
     if isinstance(feature, features.ClassLabel):
         return _Column(name, "fixed", jax.ShapeDtypeStruct((), np.int64), (), np.dtype(np.int64))
     if isinstance(feature, features.Image):
@@ -287,17 +297,22 @@ def _flatten_fixed(
     return np.asarray(array.to_numpy(zero_copy_only=False), dtype=column.dtype)
 
 
-def _read_image(value: dict[str, Any], name: str, indices: np.ndarray, position: int) -> bytes:
+def _read_encoded(value: dict[str, Any], kind: str, name: str, indices: np.ndarray, position: int) -> bytes:
+    """The bytes of an ``Image`` or ``Audio`` row (``kind``): stored ones, else those of its local file."""
     if value["bytes"] is not None:
         return value["bytes"]
     path = value["path"]
     if not path:
-        raise _bad_record(name, indices, position, "is an image with neither bytes nor a path")
+        raise _bad_record(name, indices, position, f"is an {kind} with neither bytes nor a path")
+    if "://" in path or path.startswith("hf:"):
+        raise _bad_record(
+            name, indices, position, f"its {kind} is at {path!r}, not a local file; {_OWNER} downloads nothing"
+        )
     try:
         with open(path, "rb") as file:
             return file.read()
     except OSError as error:
-        raise _bad_record(name, indices, position, f"its image file {path} cannot be read: {error}") from error
+        raise _bad_record(name, indices, position, f"its {kind} file {path} cannot be read: {error}") from error
 
 
 def _read_column(pa: Any, column: _Column, array: Any, indices: np.ndarray) -> np.ndarray | list:
@@ -312,8 +327,8 @@ def _read_column(pa: Any, column: _Column, array: Any, indices: np.ndarray) -> n
         if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
             array = array.cast(pa.large_binary())  # UTF-8 text: the same bytes, no copy
         return array.to_pylist()
-    if column.kind == "image":
-        return [_read_image(value, name, indices, i) for i, value in enumerate(array.to_pylist())]
+    if column.kind in ("image", "audio"):
+        return [_read_encoded(value, column.kind, name, indices, i) for i, value in enumerate(array.to_pylist())]
     offsets = array.offsets.to_numpy().astype(np.int64)
     offsets -= offsets[0]
     item_record = np.repeat(np.arange(count), np.diff(offsets))
@@ -452,6 +467,11 @@ class HFSource(LocalFilesOnlyMixin, HostSourceModule):
             column: tuple(features[column].names)
             for column in names
             if isinstance(features[column], datasets.features.ClassLabel)
+        }
+        self.audio_sampling_rates = {
+            column: features[column].sampling_rate
+            for column in names
+            if isinstance(features[column], datasets.features.Audio)
         }
         self.num_records = len(data)
         if self.num_records == 0:
