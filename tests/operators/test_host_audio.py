@@ -65,6 +65,12 @@ def test_lossy_ogg_vorbis_keeps_length_and_frequency():
     assert np.max(np.abs(samples - wave)) < 0.05
 
 
+def test_mp3_decodes_with_the_bundled_libsndfile():
+    data = _encode((0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.float32), file_format="MP3")
+    samples = _decode(DecodeAudioConfig(length=8000), data)["audio"]
+    assert samples.shape == (8000,) and abs(_peak_frequency(samples, 8000) - 440) <= 1
+
+
 def test_resampling_to_the_configured_rate():
     pcm = _pcm(300, 4000, rate=8000)
     data = _encode(pcm, rate=8000)
