@@ -6,10 +6,31 @@ import inspect
 import pytest
 
 import datarax.operators as operators
-from datarax.operators import composite, element, host_image, host_map, image, probabilistic, selector
+from datarax.operators import (
+    composite,
+    element,
+    host_audio,
+    host_filter,
+    host_image,
+    host_map,
+    image,
+    probabilistic,
+    selector,
+)
 from datarax.operators import map as map_module
 
-MODULES = [element, map_module, composite, probabilistic, selector, image, host_image, host_map]
+MODULES = [
+    element,
+    map_module,
+    composite,
+    probabilistic,
+    selector,
+    image,
+    host_image,
+    host_map,
+    host_filter,
+    host_audio,
+]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -11,6 +11,8 @@ Host operators (``datarax.core.host_operator``) run per record on the host, in a
 stage, before the batch reaches the device:
 
 * ``HostMapOperator``: a user function ``fn(element, rng)``.
+* ``HostFilter``: drops the records a predicate ``keep(element, rng)`` rejects; batches stay full
+  and the iterator's position counts records examined, so resume stays exact.
 * ``DecodeImage``, ``HostResize``, ``HostCenterCrop``, ``HostRandomResizedCrop``: encoded images to
   fixed-shape uint8 arrays (the ``image`` extra: PIL and simplejpeg, imported when first built).
 * ``DecodeAudio``: encoded audio (WAV, FLAC, OGG, ...) to fixed-length float32 samples, mixed to mono,
@@ -23,7 +25,8 @@ Operators that hold children give child ``i`` a key folded from their own record
 
 from datarax.operators.composite import STRATEGIES, CompositeOperator, CompositeOperatorConfig
 from datarax.operators.element import ElementOperator, ElementOperatorConfig
-from datarax.operators.host_audio import DecodeAudio, DecodeAudioConfig
+from datarax.operators.host_audio import CROPS, DecodeAudio, DecodeAudioConfig
+from datarax.operators.host_filter import HostFilter, HostFilterConfig
 from datarax.operators.host_image import (
     DecodeImage,
     DecodeImageConfig,
@@ -41,6 +44,7 @@ from datarax.operators.probabilistic import ProbabilisticOperator, Probabilistic
 from datarax.operators.selector import SelectorOperator, SelectorOperatorConfig
 
 __all__ = [
+    "CROPS",
     "STRATEGIES",
     "CompositeOperator",
     "CompositeOperatorConfig",
@@ -52,6 +56,8 @@ __all__ = [
     "ElementOperatorConfig",
     "HostCenterCrop",
     "HostCenterCropConfig",
+    "HostFilter",
+    "HostFilterConfig",
     "HostMapOperator",
     "HostMapOperatorConfig",
     "HostRandomResizedCrop",

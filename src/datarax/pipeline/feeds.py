@@ -1,7 +1,9 @@
 """Feeds: how an iterator gets the batch at a cursor, from a device source or a host source.
 
 ``PipelineIterator`` walks cursors ``(epoch, position)``; a feed turns one
-into a batch. Two kinds, one interface (``run``, ``scan_inputs``, ``close``):
+into a batch. Three kinds, one interface (``run``, ``scan_inputs``, ``close``);
+``run`` returns a ``Served`` (the batch, its counts, its epoch and the cursor
+after it):
 
 * ``DeviceFeed``: the source lives on the device. The records come from the
   ``RecordSchedule`` (a chunk of Feistel indices computed on the device) and
@@ -10,6 +12,11 @@ into a batch. Two kinds, one interface (``run``, ``scan_inputs``, ``close``):
   batch's columns read, transformed and collated (ahead of time, by its
   workers); the step receives them with their record indices and runs the
   device operators.
+* ``FilteredHostFeed``: a host source with a ``HostFilter``. The pool computes
+  *blocks* of ``B`` examined positions (kept records packed at the front);
+  the feed fills each batch with ``B`` kept records from consecutive blocks.
+  The cursor after a batch is the position of the first record examined
+  and not served, so a batch is a pure function of its cursor here too.
 
 Example:
     >>> import numpy as np
@@ -19,20 +26,40 @@ Example:
     >>> iterator = iter(pipeline)
     >>> type(iterator.feed).__name__
     'DeviceFeed'
-    >>> batch, increments, valid_rows = iterator.feed.run(iterator.binding.inputs(), 0, 8, None)
-    >>> batch["x"].tolist(), valid_rows
-    ([8, 9, 9, 9], 2)
+    >>> served = iterator.feed.run(iterator.binding.inputs(), 0, 8, None)
+    >>> served.batch["x"].tolist(), served.valid_rows, served.next
+    ([8, 9, 9, 9], 2, (1, 0))
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from datarax.pipeline.binding import StepBinding
 from datarax.pipeline.host_pool import HostBatchPool
+from datarax.pipeline.host_stage import HostStageError
 from datarax.pipeline.records import RecordSchedule
+from datarax.pipeline.stream import StreamSpec
+
+
+class Served(NamedTuple):
+    """What a feed makes of a cursor.
+
+    Attributes:
+        batch: The batch (device arrays, with ``valid_mask``).
+        increments: Counter increments of the operators counted on the device.
+        valid_rows: Its real rows.
+        epoch: The epoch its rows come from.
+        next: The cursor after it.
+    """
+
+    batch: dict[str, Any]
+    increments: Any
+    valid_rows: int
+    epoch: int
+    next: tuple[int, int]
 
 
 class DeviceFeed:
@@ -47,12 +74,12 @@ class DeviceFeed:
         self.records = records
         self.binding = binding
 
-    def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> tuple[Any, Any, int]:
-        """The batch at ``(epoch, position)``: ``(batch, counter increments, valid rows)``."""
+    def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> Served:
+        """The batch at ``(epoch, position)``."""
         chunk, meta = self.records.batch(epoch, position)
         valid_rows = self.records.valid_rows(position)
         batch, increments = self.binding.run(inputs, chunk, meta, valid_rows)
-        return batch, increments, valid_rows
+        return Served(batch, increments, valid_rows, epoch, self.records.stream.advance(epoch, position))
 
     def scan_inputs(self, cursors: list[tuple[int, int]]) -> tuple[Any, ...]:
         """What ``StepBinding.scan`` needs for the batches at ``cursors``: ``(records, metas)``."""
@@ -74,12 +101,12 @@ class HostFeed:
         self.pool = pool
         self.binding = binding
 
-    def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> tuple[Any, Any, int]:
-        """The batch at ``(epoch, position)``: ``(batch, counter increments, valid rows)``."""
+    def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> Served:
+        """The batch at ``(epoch, position)``."""
         columns, records, valid_rows = self.pool.get(epoch, position, stop_epoch=stop_epoch)
         meta = np.array([epoch, valid_rows], np.int32)
         batch, increments = self.binding.run_host(inputs, columns, records.astype(np.int32), meta, valid_rows)
-        return batch, increments, valid_rows
+        return Served(batch, increments, valid_rows, epoch, self.pool.stream.advance(epoch, position))
 
     def scan_inputs(self, cursors: list[tuple[int, int]]) -> tuple[Any, ...]:
         """``(records, metas, columns)`` of the batches at ``cursors``, stacked along a new axis."""
@@ -98,4 +125,92 @@ class HostFeed:
         self.pool.close()
 
 
-__all__ = ["DeviceFeed", "HostFeed"]
+class FilteredHostFeed:
+    """Batches of a host source with a ``HostFilter``: ``B`` kept records each (see the module docstring).
+
+    Args:
+        pool: The host stage's pool; its stream advances by ``B`` examined
+            positions up to the last record (its blocks).
+        binding: The compiled step bound to the pipeline's state.
+        stream: The pipeline's stream (``drop_remainder`` decides the short last batch).
+    """
+
+    def __init__(self, pool: HostBatchPool, binding: StepBinding, stream: StreamSpec):
+        self.pool = pool
+        self.binding = binding
+        self.stream = stream
+        # Kept rows read past the last batch served, and where the next block starts.
+        self._cursor: tuple[int, int] | None = None
+        self._rows: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
+        self._block: tuple[int, int] = (0, 0)
+
+    def _kept_rows(self, epoch: int, start: int, stop_epoch: int | None) -> int:
+        """Reads the block at ``(epoch, start)`` into the buffer; returns how many records it kept."""
+        columns, records, kept = self.pool.get(epoch, start, stop_epoch=stop_epoch)
+        examined, valid = self.pool.stage.records(epoch, start)
+        # Records are distinct within an epoch: a kept record's offset is where it is in the block.
+        offsets = np.flatnonzero(np.isin(examined[:valid], records[:kept]))
+        self._rows.append(({k: np.array(v[:kept]) for k, v in columns.items()}, records[:kept].copy(), start + offsets))
+        self._block = self.pool.stream.advance(epoch, start)
+        return kept
+
+    def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> Served | None:
+        """The next ``B`` kept records from ``(epoch, position)``; None when none is left before ``stop_epoch``.
+
+        Raises:
+            HostStageError: If reading fails, or the filters drop every record of an epoch.
+        """
+        size = self.stream.batch_size
+        if self._cursor != (epoch, position):
+            self._rows, self._block = [], (epoch, position)
+        while True:
+            held = sum(len(r) for _, r, _ in self._rows)
+            while held < size and self._block[0] == epoch:
+                held += self._kept_rows(*self._block, stop_epoch)
+            if held >= size or (held and not self.stream.drop_remainder):
+                break
+            # The epoch ended with no batch left in it: the next epoch's first.
+            if position == 0:  # a whole epoch read without one batch: every later one may be the same
+                raise HostStageError(
+                    f"host stage: the filters kept {held} of the {self.stream.num_records} records of epoch "
+                    f"{epoch}, {'fewer than batch_size with drop_remainder=True' if held else 'none'}: "
+                    "no batch to serve"
+                )
+            epoch, position, self._rows = epoch + 1, 0, []
+            if stop_epoch is not None and epoch >= stop_epoch:
+                self._cursor = None
+                return None
+        columns = {k: np.concatenate([c[k] for c, _, _ in self._rows]) for k in self._rows[0][0]}
+        records = np.concatenate([r for _, r, _ in self._rows])
+        positions = np.concatenate([p for _, _, p in self._rows])
+        valid_rows = min(size, len(records))
+        if valid_rows < len(records):  # rows left over: the next batch starts at the first of them
+            self._rows = [
+                ({k: v[valid_rows:] for k, v in columns.items()}, records[valid_rows:], positions[valid_rows:])
+            ]
+            following = (epoch, int(positions[valid_rows]))
+        else:
+            self._rows = []
+            following = self._block if self._block[0] == epoch else (epoch + 1, 0)
+        self._cursor = following
+        pad = np.full(size, valid_rows - 1)
+        pad[:valid_rows] = np.arange(valid_rows)
+        columns = {k: v[pad] for k, v in columns.items()}
+        meta = np.array([epoch, valid_rows], np.int32)
+        batch, increments = self.binding.run_host(inputs, columns, records[pad].astype(np.int32), meta, valid_rows)
+        return Served(batch, increments, valid_rows, epoch, following)
+
+    def scan_inputs(self, cursors: list[tuple[int, int]]) -> tuple[Any, ...]:
+        """Refused: a filtered stream's cursors are known only by reading (see ``HostFilter``)."""
+        raise ValueError(
+            "scan: a pipeline with a HostFilter cannot scan, because how many records each batch examines is "
+            "known only after reading them; iterate it with next() instead"
+        )
+
+    def close(self) -> None:
+        """Stops the pool's workers and forgets the rows read ahead."""
+        self._cursor, self._rows = None, []
+        self.pool.close()
+
+
+__all__ = ["DeviceFeed", "FilteredHostFeed", "HostFeed", "Served"]

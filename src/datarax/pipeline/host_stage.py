@@ -52,6 +52,7 @@ from datarax.core.host_operator import HostOperator
 from datarax.core.host_source import HostSourceModule, check_columns, empty_columns
 from datarax.core.prng import HostRng, host_rng_states
 from datarax.core.spec import is_host_spec, spec_to_str
+from datarax.operators.host_filter import HostFilter
 from datarax.pipeline.records import chunk_size
 from datarax.samplers.feistel import feistel_permute_np
 
@@ -92,6 +93,7 @@ class HostStage:
         self.seed = seed
         self.batch_size = batch_size
         self.num_records = len(source)
+        self.filtered = any(isinstance(op, HostFilter) for _, op in self.operators)
         self._source_spec = dict(source.element_spec())
         self._ragged = any(is_host_spec(leaf) for leaf in self._source_spec.values())
         self._local = threading.local()  # one HostRng per thread (see _generator)
@@ -111,7 +113,11 @@ class HostStage:
             return positions, valid_rows
         offset = start % self._chunk
         chunk = self._chunk_records(epoch, start - offset)
-        return chunk[offset : offset + self.batch_size].copy(), valid_rows
+        if offset + self.batch_size <= self._chunk:
+            return chunk[offset : offset + self.batch_size].copy(), valid_rows
+        # A filtered stream's blocks start anywhere, so one may straddle two chunks.
+        following = self._chunk_records(epoch, start - offset + self._chunk)
+        return np.concatenate([chunk[offset:], following[: offset + self.batch_size - self._chunk]]), valid_rows
 
     def _chunk_records(self, epoch: int, chunk_start: int) -> np.ndarray:
         """The Feistel records of ``chunk_size(B)`` positions from ``chunk_start``, computed once per chunk.
@@ -162,11 +168,16 @@ class HostStage:
             rng = self._local.rng = HostRng()
         return rng
 
-    def _transform(self, element: dict[str, Any], record: int, states: list[Any], row: int) -> dict[str, Any]:
+    def _transform(self, element: dict[str, Any], record: int, states: list[Any], row: int) -> dict[str, Any] | None:
+        """Runs the host operators on one record; None if a ``HostFilter`` drops it."""
         rng = self._generator() if states else None
         for (key_name, op), state in zip(self.operators, states or [None] * len(self.operators), strict=True):
             generator = rng.for_state(state[row]) if key_name is not None else None
             try:
+                if isinstance(op, HostFilter):
+                    if not op.keep(element, generator):
+                        return None  # dropped: later operators never see it
+                    continue
                 element = op.apply(element, generator)
             except Exception as error:  # noqa: BLE001 - re-raised naming the record and operator
                 raise HostStageError(
@@ -218,12 +229,22 @@ class HostStage:
                 for key_name, _ in self.operators
             ]
             stochastic = any(s is not None for s in states)
+            kept_records = records.copy()
+            kept = 0
             for row in range(valid_rows):
                 element = {name: read[name][row] for name in read}
                 element = self._transform(element, int(records[row]), states if stochastic else [], row)
-                self._store(columns, element, row, int(records[row]))
-        for column in columns.values():
-            column[valid_rows:] = column[valid_rows - 1]
+                if element is None:
+                    continue
+                # Kept records are packed at the front, in stream order (the same rows without a filter).
+                self._store(columns, element, kept, int(records[row]))
+                kept_records[kept] = records[row]
+                kept += 1
+            records, valid_rows = kept_records, kept
+        if valid_rows:  # a filtered block may keep nothing
+            records[valid_rows:] = records[valid_rows - 1]
+            for column in columns.values():
+                column[valid_rows:] = column[valid_rows - 1]
         return columns, records, valid_rows
 
     def allocate(self) -> dict[str, np.ndarray]:
@@ -252,15 +273,23 @@ class HostStage:
             HostStageError: If reading or transforming record 0 fails.
             TypeError: If a column is not a numeric array (bytes left undecoded, say).
         """
-        records = np.zeros(1, np.int64)
-        read = self._read(records)
-        element = {name: read[name][0] for name in read}
-        if self.operators:
-            states = [
-                host_rng_states(self.seed, key_name, 0, records) if key_name is not None else None
-                for key_name, _ in self.operators
-            ]
-            element = self._transform(element, 0, states, 0)
+        for record in range(self.num_records):  # the first record a filter keeps (record 0 without one)
+            records = np.array([record], np.int64)
+            read = self._read(records)
+            element = {name: read[name][0] for name in read}
+            if self.operators:
+                states = [
+                    host_rng_states(self.seed, key_name, 0, records) if key_name is not None else None
+                    for key_name, _ in self.operators
+                ]
+                element = self._transform(element, record, states, 0)
+            if element is not None:
+                break
+        else:
+            raise HostStageError(
+                f"host stage: the filters drop every one of the {self.num_records} records of "
+                f"{type(self.source).__name__} (in epoch 0), so there is nothing to serve"
+            )
         spec = {}
         for name, value in element.items():
             array = np.asarray(value) if not isinstance(value, bytes | str) else None

@@ -47,7 +47,7 @@ from flax import nnx
 
 from datarax.core.validation import is_int, positive_int
 from datarax.pipeline.binding import StepBinding
-from datarax.pipeline.feeds import DeviceFeed, HostFeed
+from datarax.pipeline.feeds import DeviceFeed, FilteredHostFeed, HostFeed
 from datarax.pipeline.stream import StreamSpec
 
 STATE_VERSION = 1
@@ -61,6 +61,7 @@ class _Dispatched(NamedTuple):
     increments: Any  # counter increments of the operators counted on the device
     valid_rows: int
     inputs: list[Any]  # the live state's leaves it read (parameters included)
+    next: tuple[int, int]  # the cursor after it
 
 
 class PipelineIterator:
@@ -86,7 +87,7 @@ class PipelineIterator:
         *,
         stream: StreamSpec,
         binding: StepBinding,
-        feed: DeviceFeed | HostFeed,
+        feed: DeviceFeed | HostFeed | FilteredHostFeed,
         first_epoch: int,
         num_epochs: int | None,
         prefetch: int,
@@ -118,11 +119,15 @@ class PipelineIterator:
     def _fill(self, depth: int, inputs: list[Any]) -> None:
         queue, stop = self._queue, self._stop_epoch
         while len(queue) < depth and (stop is None or self._dispatch[0] < stop):
-            epoch, position = self._dispatch
-            batch, increments, valid_rows = self._feed.run(inputs, epoch, position, stop)
+            served = self._feed.run(inputs, *self._dispatch, stop)
+            if served is None:  # a filtered stream ran out before stop_epoch
+                self._dispatch = (stop, 0)
+                break
             # The batch's counts reach the operators when it is handed out.
-            queue.append(_Dispatched(epoch, batch, increments, valid_rows, inputs))
-            self._dispatch = self.stream.advance(epoch, position)
+            queue.append(
+                _Dispatched(served.epoch, served.batch, served.increments, served.valid_rows, inputs, served.next)
+            )
+            self._dispatch = served.next
 
     def __iter__(self) -> PipelineIterator:
         return self
@@ -140,7 +145,7 @@ class PipelineIterator:
             raise StopIteration
         head = self._queue.popleft()  # the queue starts at the consumer's cursor
         self._binding.commit(head.increments, head.valid_rows)
-        self._epoch, self._position = self.stream.advance(self._epoch, self._position)
+        self._epoch, self._position = head.next
         if head.epoch != self._reported_epoch:
             self._on_epoch(head.epoch)
             self._reported_epoch = head.epoch
@@ -149,7 +154,7 @@ class PipelineIterator:
         return head.batch
 
     @property
-    def feed(self) -> DeviceFeed | HostFeed:
+    def feed(self) -> DeviceFeed | HostFeed | FilteredHostFeed:
         """How this iterator turns a cursor into a batch."""
         return self._feed
 
@@ -234,7 +239,12 @@ class PipelineIterator:
         limit, size = self.stream.positions_per_epoch, self.stream.batch_size
         if not is_int(epoch) or epoch < 0:
             raise ValueError(f"{owner}: epoch must be an int >= 0, got {epoch!r}")
-        if not is_int(position) or not 0 <= position < limit or position % size:
+        if isinstance(self._feed, FilteredHostFeed):  # a position counts records examined: any record's
+            if not is_int(position) or not 0 <= position < self.stream.num_records:
+                raise ValueError(
+                    f"{owner}: position must be an int in [0, {self.stream.num_records}), got {position!r}"
+                )
+        elif not is_int(position) or not 0 <= position < limit or position % size:
             raise ValueError(f"{owner}: position must be a multiple of {size} in [0, {limit}), got {position!r}")
         if stop is not None and (not is_int(stop) or stop < epoch):
             raise ValueError(f"{owner}: stop_epoch must be None or an int >= epoch {epoch}, got {stop!r}")

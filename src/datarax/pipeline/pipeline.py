@@ -46,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -77,7 +78,7 @@ from datarax.pipeline.construction import (
     record_count,
 )
 from datarax.pipeline.dag import validate_dag
-from datarax.pipeline.feeds import DeviceFeed, HostFeed
+from datarax.pipeline.feeds import DeviceFeed, FilteredHostFeed, HostFeed
 from datarax.pipeline.fingerprint import crc32_text, describe_module
 from datarax.pipeline.host_pool import PROCESS, THREAD, HostBatchPool
 from datarax.pipeline.host_stage import HostStage, worker_recipe
@@ -321,6 +322,11 @@ class Pipeline(DataraxModule):
         return self.stream.batches_per_epoch
 
     def __len__(self) -> int:
+        if self._host_stage is not None and self._host_stage.filtered:
+            raise TypeError(
+                "Pipeline: a pipeline with a HostFilter has no len(): how many batches an epoch holds is known "
+                "only after reading it"
+            )
         return self.stream.batches_per_epoch
 
     def _source_spec(self) -> Any:
@@ -410,10 +416,16 @@ class Pipeline(DataraxModule):
         binding = StepBinding(self._parts(), self.program, host_operators=list(self.host_stages))
         if self._host_stage is not None:
             workers, kind, read_ahead, recipe = self._host_pool_options
-            pool = HostBatchPool(
-                self._host_stage, self.stream, workers=workers, kind=kind, read_ahead=read_ahead, recipe=recipe
+            # With a filter the pool computes blocks of B examined positions up to the last record.
+            blocks = (
+                dataclasses.replace(self.stream, drop_remainder=False) if self._host_stage.filtered else self.stream
             )
-            feed: DeviceFeed | HostFeed = HostFeed(pool, binding)
+            pool = HostBatchPool(
+                self._host_stage, blocks, workers=workers, kind=kind, read_ahead=read_ahead, recipe=recipe
+            )
+            feed: DeviceFeed | HostFeed | FilteredHostFeed = HostFeed(pool, binding)
+            if self._host_stage.filtered:
+                feed = FilteredHostFeed(pool, binding, self.stream)
         else:
             feed = DeviceFeed(RecordSchedule(self.stream, self.sampler, binding.records_chunk), binding)
         return PipelineIterator(
