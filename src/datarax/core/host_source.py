@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,9 +57,11 @@ import jax
 import numpy as np
 
 from datarax.core.batch_form import VALID_MASK
+from datarax.core.config import StructuralConfig
 from datarax.core.constructor_args import recipe
 from datarax.core.data_source import DataSourceModule
 from datarax.core.spec import BytesSpec, RaggedSpec, spec_to_str
+from datarax.core.validation import boolean, optional_column_names
 
 
 class HostSourceModule(DataSourceModule):
@@ -204,4 +207,40 @@ def empty_columns(spec: Mapping[str, Any], count: int) -> dict[str, Any]:
     }
 
 
-__all__ = ["HostSourceModule", "check_columns", "check_element_spec", "check_indices", "empty_columns"]
+@dataclasses.dataclass(frozen=True)
+class ColumnSelectionConfig(StructuralConfig):
+    """The config of a host source over a dataset library: the columns it reads, and no downloads.
+
+    Attributes:
+        columns: The columns to read, in order (a list is stored as a tuple),
+            or None for every column.
+        local_files_only: If True, a missing dataset raises the
+            ``LocalFilesOnlyMixin`` error naming what to populate.
+
+    Raises:
+        ValueError: If ``columns`` is not None or a non-empty sequence of
+            distinct non-empty names, or ``local_files_only`` is not a bool.
+
+    Example:
+        >>> ColumnSelectionConfig(columns=["image", "label"]).columns
+        ('image', 'label')
+    """
+
+    columns: tuple[str, ...] | None = None
+    local_files_only: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        object.__setattr__(self, "columns", optional_column_names(name, "columns", self.columns))
+        object.__setattr__(self, "local_files_only", boolean(name, "local_files_only", self.local_files_only))
+
+
+__all__ = [
+    "ColumnSelectionConfig",
+    "HostSourceModule",
+    "check_columns",
+    "check_element_spec",
+    "check_indices",
+    "empty_columns",
+]

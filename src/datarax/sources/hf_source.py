@@ -124,19 +124,17 @@ import numpy as np
 from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
-from datarax.core.config import StructuralConfig
 from datarax.core.data_source import LocalFilesOnlyMixin
 from datarax.core.extras import import_extra
-from datarax.core.host_source import HostSourceModule, check_columns, check_indices
+from datarax.core.host_source import ColumnSelectionConfig, HostSourceModule, check_columns, check_indices
 from datarax.core.spec import BytesSpec, RaggedSpec
-from datarax.core.validation import boolean, optional_column_names
 
 _OWNER = "HFSource"
 BUILDERS = ("parquet", "json", "csv", "imagefolder")
 
 
 @dataclasses.dataclass(frozen=True)
-class HFSourceConfig(StructuralConfig):
+class HFSourceConfig(ColumnSelectionConfig):
     """Configuration of ``HFSource``.
 
     Attributes:
@@ -151,15 +149,6 @@ class HFSourceConfig(StructuralConfig):
         ValueError: If ``columns`` is not None or a non-empty sequence of
             distinct non-empty names, or ``local_files_only`` is not a bool.
     """
-
-    columns: tuple[str, ...] | None = None
-    local_files_only: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        name = type(self).__name__
-        object.__setattr__(self, "columns", optional_column_names(name, "columns", self.columns))
-        object.__setattr__(self, "local_files_only", boolean(name, "local_files_only", self.local_files_only))
 
 
 # --- features -> columns ---------------------------------------------------------------------------

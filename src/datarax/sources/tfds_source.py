@@ -108,12 +108,10 @@ import numpy as np
 from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
-from datarax.core.config import StructuralConfig
 from datarax.core.data_source import LocalFilesOnlyMixin
 from datarax.core.extras import import_extra
-from datarax.core.host_source import HostSourceModule, check_columns, check_indices
+from datarax.core.host_source import ColumnSelectionConfig, HostSourceModule, check_columns, check_indices
 from datarax.core.spec import BytesSpec, RaggedSpec
-from datarax.core.validation import boolean, optional_column_names
 from datarax.samplers.feistel import MAX_N
 
 _OWNER = "TFDSSource"
@@ -124,7 +122,7 @@ _NUMERIC_KINDS = frozenset("biuf")
 
 
 @dataclasses.dataclass(frozen=True)
-class TFDSSourceConfig(StructuralConfig):
+class TFDSSourceConfig(ColumnSelectionConfig):
     """Configuration of ``TFDSSource``.
 
     Attributes:
@@ -144,15 +142,6 @@ class TFDSSourceConfig(StructuralConfig):
         >>> TFDSSourceConfig(columns=["image", "label"]).columns
         ('image', 'label')
     """
-
-    columns: tuple[str, ...] | None = None
-    local_files_only: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        name = type(self).__name__
-        object.__setattr__(self, "columns", optional_column_names(name, "columns", self.columns))
-        object.__setattr__(self, "local_files_only", boolean(name, "local_files_only", self.local_files_only))
 
 
 # --- features -> columns ---------------------------------------------------------------------------
