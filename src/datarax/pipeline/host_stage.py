@@ -49,23 +49,13 @@ import jax
 import numpy as np
 
 from datarax.core.host_operator import HostOperator
-from datarax.core.host_source import HostSourceModule, check_columns, empty_columns
-from datarax.core.prng import HostRng, host_rng_states
-from datarax.core.spec import is_host_spec, spec_to_str
-from datarax.operators.host_filter import HostFilter
+from datarax.core.host_source import HostSourceModule, check_columns
+from datarax.pipeline.collate import HostStageError, RecordCollator, describe_error
 from datarax.pipeline.records import chunk_size
 from datarax.samplers.feistel import feistel_permute_np
 
 
-class HostStageError(RuntimeError):
-    """A record could not be read or transformed on the host (the message says which and why)."""
-
-
-def _describe_error(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
-class HostStage:
+class HostStage(RecordCollator):
     """Computes host batches of one stream (see the module docstring).
 
     Args:
@@ -87,20 +77,22 @@ class HostStage:
         batch_size: int,
         spec: Mapping[str, jax.ShapeDtypeStruct] | None = None,
     ):
+        super().__init__(
+            type(source).__name__,
+            source.element_spec(),
+            operators=operators,
+            seed=seed,
+            batch_size=batch_size,
+            spec=spec,
+        )
         self.source = source
-        self.operators = tuple(operators)
         self.shuffle = shuffle
-        self.seed = seed
-        self.batch_size = batch_size
         self.num_records = len(source)
-        self.filtered = any(isinstance(op, HostFilter) for _, op in self.operators)
-        self._source_spec = dict(source.element_spec())
-        self._ragged = any(is_host_spec(leaf) for leaf in self._source_spec.values())
-        self._local = threading.local()  # one HostRng per thread (see _generator)
         self._chunk = chunk_size(batch_size)
         self._chunks: dict[tuple[int, int], np.ndarray] = {}
         self._chunk_lock = threading.Lock()
-        self.spec = dict(spec) if spec is not None else self.infer_spec()
+        if self.spec is None:
+            self.spec = self.infer_spec()
 
     # -- records --------------------------------------------------------------
 
@@ -148,7 +140,7 @@ class HostStage:
         except Exception as error:  # noqa: BLE001 - re-raised naming the record
             failing = self._failing_record(indices) if len(indices) > 1 else int(indices[0])
             raise HostStageError(
-                f"host stage: {owner} could not read record {failing}: {_describe_error(error)}"
+                f"host stage: {owner} could not read record {failing}: {describe_error(error)}"
             ) from error
 
     def _failing_record(self, indices: np.ndarray) -> Any:
@@ -158,38 +150,6 @@ class HostStage:
             except Exception:  # noqa: BLE001 - looking for the record that fails
                 return int(index)
         return f"among {indices[:8].tolist()}{'...' if len(indices) > 8 else ''}"
-
-    # -- per-record operators -------------------------------------------------
-
-    def _generator(self) -> HostRng:
-        # Threads of a pool share the stage: each keeps its own generator.
-        rng = getattr(self._local, "rng", None)
-        if rng is None:
-            rng = self._local.rng = HostRng()
-        return rng
-
-    def _transform(self, element: dict[str, Any], record: int, states: list[Any], row: int) -> dict[str, Any] | None:
-        """Runs the host operators on one record; None if a ``HostFilter`` drops it."""
-        rng = self._generator() if states else None
-        for (key_name, op), state in zip(self.operators, states or [None] * len(self.operators), strict=True):
-            generator = rng.for_state(state[row]) if key_name is not None else None
-            try:
-                if isinstance(op, HostFilter):
-                    if not op.keep(element, generator):
-                        return None  # dropped: later operators never see it
-                    continue
-                element = op.apply(element, generator)
-            except Exception as error:  # noqa: BLE001 - re-raised naming the record and operator
-                raise HostStageError(
-                    f"host stage: {type(op).__name__} failed on record {record} of {type(self.source).__name__}: "
-                    f"{_describe_error(error)}"
-                ) from error
-            if not isinstance(element, Mapping):
-                raise HostStageError(
-                    f"host stage: {type(op).__name__}.apply must return a dict, got {type(element).__name__} "
-                    f"for record {record}"
-                )
-        return dict(element)
 
     # -- a batch --------------------------------------------------------------
 
@@ -213,58 +173,7 @@ class HostStage:
         """
         records, valid_rows = self.records(epoch, start)
         read = self._read(records[:valid_rows])
-        if out is None and valid_rows == self.batch_size and not self.operators and not self._ragged:
-            # The read is already the batch (checked against the spec): no copy.
-            return {name: np.ascontiguousarray(read[name]) for name in self.spec}, records, valid_rows
-        columns = out if out is not None else self.allocate()
-        if not self.operators and not self._ragged:
-            for name, column in columns.items():
-                column[:valid_rows] = read[name]
-        elif not self.operators:  # ragged columns: each record is checked against record 0's shape
-            for row in range(valid_rows):
-                self._store(columns, {name: read[name][row] for name in read}, row, int(records[row]))
-        else:
-            states = [
-                host_rng_states(self.seed, key_name, epoch, records[:valid_rows]) if key_name is not None else None
-                for key_name, _ in self.operators
-            ]
-            stochastic = any(s is not None for s in states)
-            kept_records = records.copy()
-            kept = 0
-            for row in range(valid_rows):
-                element = {name: read[name][row] for name in read}
-                element = self._transform(element, int(records[row]), states if stochastic else [], row)
-                if element is None:
-                    continue
-                # Kept records are packed at the front, in stream order (the same rows without a filter).
-                self._store(columns, element, kept, int(records[row]))
-                kept_records[kept] = records[row]
-                kept += 1
-            records, valid_rows = kept_records, kept
-        if valid_rows:  # a filtered block may keep nothing
-            records[valid_rows:] = records[valid_rows - 1]
-            for column in columns.values():
-                column[valid_rows:] = column[valid_rows - 1]
-        return columns, records, valid_rows
-
-    def allocate(self) -> dict[str, np.ndarray]:
-        """Empty output arrays for one batch."""
-        return empty_columns(self.spec, self.batch_size)
-
-    def _store(self, columns: Mapping[str, np.ndarray], element: Mapping[str, Any], row: int, record: int) -> None:
-        if set(element) != set(columns):
-            raise HostStageError(
-                f"host stage: record {record} has columns {sorted(element)} but the first record had {sorted(columns)}"
-            )
-        for name, column in columns.items():
-            value = np.asarray(element[name])
-            if value.shape != column.shape[1:] or value.dtype != column.dtype:
-                raise HostStageError(
-                    f"host stage: column {name!r} of record {record} is {value.dtype}{list(value.shape)} but the "
-                    f"first record's is {column.dtype}{list(column.shape[1:])}; every record must collate to one "
-                    "shape (resize or pad it with a host operator)"
-                )
-            column[row] = value
+        return self.collate(read, records, valid_rows, epoch=epoch, out=out)
 
     def infer_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The collated element spec: what the host stage makes of record 0 (epoch 0).
@@ -278,11 +187,7 @@ class HostStage:
             read = self._read(records)
             element = {name: read[name][0] for name in read}
             if self.operators:
-                states = [
-                    host_rng_states(self.seed, key_name, 0, records) if key_name is not None else None
-                    for key_name, _ in self.operators
-                ]
-                element = self._transform(element, record, states, 0)
+                element = self.transform(element, record, self.rng_states(0, records), 0)
             if element is not None:
                 break
         else:
@@ -290,19 +195,7 @@ class HostStage:
                 f"host stage: the filters drop every one of the {self.num_records} records of "
                 f"{type(self.source).__name__} (in epoch 0), so there is nothing to serve"
             )
-        spec = {}
-        for name, value in element.items():
-            array = np.asarray(value) if not isinstance(value, bytes | str) else None
-            if array is None or array.dtype.kind not in "biuf":
-                kind = type(value).__name__ if array is None else str(array.dtype)
-                source_leaf = self._source_spec.get(name)
-                hint = f" (the source's {spec_to_str(source_leaf)})" if is_host_spec(source_leaf) else ""
-                raise TypeError(
-                    f"host stage: column {name!r} of record 0 is {kind}{hint}, not a numeric array: only numeric "
-                    "arrays reach the device; decode or drop it with a host operator (e.g. DecodeImage)"
-                )
-            spec[name] = jax.ShapeDtypeStruct(array.shape, array.dtype)
-        return spec
+        return self.spec_from_element(element)
 
 
 def worker_recipe(stage: HostStage) -> tuple:
