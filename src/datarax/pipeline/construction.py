@@ -26,6 +26,7 @@ from datarax.core.host_source import HostSourceModule
 from datarax.core.operator import OperatorModule
 from datarax.core.prng import pipeline_seed
 from datarax.core.spec import spec_to_str
+from datarax.core.stream_source import StreamSourceModule
 from datarax.core.validation import non_negative_int
 from datarax.pipeline.dag import SOURCE, DagGraph, validate_dag
 from datarax.pipeline.host_pool import WORKER_KINDS, default_workers
@@ -108,7 +109,7 @@ def host_operators(host_stages: Any, source: Any) -> list[HostOperator]:
     for i, op in enumerate(host_stages):
         if not isinstance(op, HostOperator):
             raise TypeError(f"Pipeline: host_stages[{i}] must be a HostOperator, got {type(op).__name__}")
-    if host_stages and not isinstance(source, HostSourceModule):
+    if host_stages and not isinstance(source, HostSourceModule | StreamSourceModule):
         raise ValueError(
             f"Pipeline: host_stages run on records read on the host, but the source {type(source).__name__} "
             "lives on the device; use device operators (stages) instead"

@@ -49,6 +49,7 @@ from datarax.core.validation import is_int, positive_int
 from datarax.pipeline.binding import StepBinding
 from datarax.pipeline.feeds import DeviceFeed, FilteredHostFeed, HostFeed
 from datarax.pipeline.stream import StreamSpec
+from datarax.pipeline.stream_feed import StreamFeed
 
 STATE_VERSION = 1
 
@@ -87,7 +88,7 @@ class PipelineIterator:
         *,
         stream: StreamSpec,
         binding: StepBinding,
-        feed: DeviceFeed | HostFeed | FilteredHostFeed,
+        feed: DeviceFeed | HostFeed | FilteredHostFeed | StreamFeed,
         first_epoch: int,
         num_epochs: int | None,
         prefetch: int,
@@ -154,7 +155,7 @@ class PipelineIterator:
         return head.batch
 
     @property
-    def feed(self) -> DeviceFeed | HostFeed | FilteredHostFeed:
+    def feed(self) -> DeviceFeed | HostFeed | FilteredHostFeed | StreamFeed:
         """How this iterator turns a cursor into a batch."""
         return self._feed
 
@@ -196,15 +197,21 @@ class PipelineIterator:
         Returns:
             ``{"version", "epoch", "position", "stop_epoch", "seed",
             "num_records", "batch_size", "shuffle", "drop_remainder",
-            "fingerprint"}``; a few hundred bytes whatever the data size.
+            "fingerprint"}``; a few hundred bytes whatever the data size. A
+            pipeline over a stream source adds ``"stream_buffer"``: the
+            shuffle buffer's ``{"read", "drawn", "positions"}`` (one int per
+            buffered record; see ``datarax.pipeline.stream_feed``).
         """
-        return {
+        state = {
             "version": STATE_VERSION,
             "epoch": self._epoch,
             "position": self._position,
             "stop_epoch": self._stop_epoch,
             **self.stream.identity(),
         }
+        if isinstance(self._feed, StreamFeed):
+            state["stream_buffer"] = self._feed.state_at(self._epoch, self._position)
+        return state
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Continues from ``state`` (from ``get_state`` of an identically built pipeline).
@@ -221,7 +228,9 @@ class PipelineIterator:
         owner = "PipelineIterator.set_state"
         if not isinstance(state, Mapping):
             raise TypeError(f"{owner}: state must be a dict, got {type(state).__name__}")
-        expected = set(self.get_state())
+        expected = set(self.stream.identity()) | {"version", "epoch", "position", "stop_epoch"}
+        if isinstance(self._feed, StreamFeed):
+            expected.add("stream_buffer")
         if set(state) != expected:
             raise ValueError(
                 f"{owner}: state keys do not match; "
@@ -236,18 +245,24 @@ class PipelineIterator:
                     f"{key} is {state[key]!r} in the state but {value!r} here"
                 )
         epoch, position, stop = state["epoch"], state["position"], state["stop_epoch"]
-        limit, size = self.stream.positions_per_epoch, self.stream.batch_size
+        size = self.stream.batch_size
         if not is_int(epoch) or epoch < 0:
             raise ValueError(f"{owner}: epoch must be an int >= 0, got {epoch!r}")
-        if isinstance(self._feed, FilteredHostFeed):  # a position counts records examined: any record's
+        if isinstance(self._feed, StreamFeed):  # records drawn from the stream's buffer this epoch
+            if not is_int(position) or position < 0:
+                raise ValueError(f"{owner}: position must be an int >= 0, got {position!r}")
+        elif isinstance(self._feed, FilteredHostFeed):  # a position counts records examined: any record's
             if not is_int(position) or not 0 <= position < self.stream.num_records:
                 raise ValueError(
                     f"{owner}: position must be an int in [0, {self.stream.num_records}), got {position!r}"
                 )
-        elif not is_int(position) or not 0 <= position < limit or position % size:
+        elif not is_int(position) or not 0 <= position < self.stream.positions_per_epoch or position % size:
+            limit = self.stream.positions_per_epoch
             raise ValueError(f"{owner}: position must be a multiple of {size} in [0, {limit}), got {position!r}")
         if stop is not None and (not is_int(stop) or stop < epoch):
             raise ValueError(f"{owner}: stop_epoch must be None or an int >= epoch {epoch}, got {stop!r}")
+        if isinstance(self._feed, StreamFeed):  # checked last: adopting it is the first change made
+            self._feed.restore(owner, int(epoch), int(position), state["stream_buffer"])
         self._queue.clear()
         self._epoch, self._position, self._stop_epoch = int(epoch), int(position), stop
         self._dispatch = (self._epoch, self._position)

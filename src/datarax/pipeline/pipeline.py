@@ -64,7 +64,8 @@ from datarax.core.module import DataraxModule
 from datarax.core.operator import OperatorModule
 from datarax.core.prng import node_key
 from datarax.core.spec import spec_to_str
-from datarax.core.validation import boolean, non_negative_int, optional_positive_int
+from datarax.core.stream_source import StreamSourceModule
+from datarax.core.validation import boolean, non_negative_int, optional_positive_int, positive_int
 from datarax.pipeline.binding import StepBinding
 from datarax.pipeline.construction import (
     default_prefetch,
@@ -86,7 +87,10 @@ from datarax.pipeline.iterator import PipelineIterator
 from datarax.pipeline.program import PROGRAMS, StepPlan, StepProgram, compute_batch
 from datarax.pipeline.records import RecordSchedule
 from datarax.pipeline.stream import StreamSpec
+from datarax.pipeline.stream_feed import StreamFeed, StreamStage
 from datarax.samplers import SequentialSampler, SequentialSamplerConfig, ShuffleSampler, ShuffleSamplerConfig
+
+DEFAULT_SHUFFLE_BUFFER = 1024  # slots of a stream source's shuffle buffer
 
 
 class Pipeline(DataraxModule):
@@ -133,6 +137,10 @@ class Pipeline(DataraxModule):
             or in a script whose entry point is behind ``if __name__ == "__main__":``).
         read_ahead: Host batches in flight beyond the one requested; None:
             twice the workers.
+        shuffle_buffer_size: For a stream source (``StreamSourceModule``,
+            read in order): the slots of its seeded shuffle buffer (None:
+            1024; see ``datarax.pipeline.stream_feed`` for what a buffer
+            guarantees). Random-access sources shuffle exactly and take none.
         name: Optional module name.
 
     Raises:
@@ -163,6 +171,7 @@ class Pipeline(DataraxModule):
         workers: int | None = None,
         worker_kind: str = THREAD,
         read_ahead: int | None = None,
+        shuffle_buffer_size: int | None = None,
         name: str | None = None,
     ):
         dag_given = [arg for arg, value in (("nodes", nodes), ("edges", edges), ("sink", sink)) if value is not None]
@@ -189,8 +198,25 @@ class Pipeline(DataraxModule):
         prefetch = default_prefetch() if prefetch is None else non_negative_int("Pipeline", "prefetch", prefetch)
         if rngs is not None and not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"Pipeline: rngs must be an nnx.Rngs or None, got {type(rngs).__name__}")
-        num_records = record_count(source, batch_size, drop_remainder)
-        host = isinstance(source, HostSourceModule)
+        streamed = isinstance(source, StreamSourceModule)
+        if shuffle_buffer_size is not None and not streamed:
+            raise ValueError(
+                f"Pipeline: shuffle_buffer_size is for stream sources, read in order; {type(source).__name__} has "
+                f"random access and is shuffled exactly (Feistel), got shuffle_buffer_size={shuffle_buffer_size!r}"
+            )
+        if streamed:
+            shuffle_buffer_size = (
+                DEFAULT_SHUFFLE_BUFFER
+                if shuffle_buffer_size is None
+                else positive_int("Pipeline", "shuffle_buffer_size", shuffle_buffer_size)
+            )
+            if worker_kind == PROCESS:
+                raise ValueError(
+                    f"Pipeline: worker_kind='process' is for random-access host sources; the stream source "
+                    f"{type(source).__name__} is read in order by one background thread (worker_kind='thread')"
+                )
+        num_records = None if streamed else record_count(source, batch_size, drop_remainder)
+        host = isinstance(source, HostSourceModule) or streamed
         host_ops = host_operators(host_stages, source)
         host_keys = key_names({f"host_stage_{i}": op for i, op in enumerate(host_ops)}, linear=True)
         if host:
@@ -214,7 +240,7 @@ class Pipeline(DataraxModule):
         )
         self.plan = StepPlan(
             graph=graph,
-            num_records=num_records,
+            num_records=0 if num_records is None else num_records,
             batch_size=batch_size,
             node_keys=tuple(
                 (node, tuple(int(w) for w in np.asarray(jax.random.key_data(node_key(seed, key)))))
@@ -224,9 +250,21 @@ class Pipeline(DataraxModule):
             host_counted=tuple(n for n in graph.order if own[n].counts_every_record),
             host_input=host,
         )
-        self._host_stage = None
+        self._host_stage: HostStage | StreamStage | None = None
         self._host_pool_options: tuple[Any, ...] = ()
-        if host:
+        self.shuffle_buffer_size = shuffle_buffer_size
+        if streamed:
+            operators = [(host_keys.get(f"host_stage_{i}"), op) for i, op in enumerate(host_ops)]
+            self._host_stage = StreamStage(
+                source,
+                operators=operators,
+                shuffle=shuffle,
+                seed=seed,
+                batch_size=batch_size,
+                buffer_size=shuffle_buffer_size,
+            )
+            self._host_pool_options = (workers, worker_kind, read_ahead, None)
+        elif host:
             operators = [(host_keys.get(f"host_stage_{i}"), op) for i, op in enumerate(host_ops)]
             self._host_stage = HostStage(source, operators=operators, shuffle=shuffle, seed=seed, batch_size=batch_size)
             recipe = worker_recipe(self._host_stage) if worker_kind == PROCESS else None
@@ -322,6 +360,11 @@ class Pipeline(DataraxModule):
         return self.stream.batches_per_epoch
 
     def __len__(self) -> int:
+        if isinstance(self._host_stage, StreamStage):
+            raise TypeError(
+                f"Pipeline: a pipeline over the stream source {type(self.source).__name__} has no len(): how many "
+                "batches an epoch holds is known only when the stream ends"
+            )
         if self._host_stage is not None and self._host_stage.filtered:
             raise TypeError(
                 "Pipeline: a pipeline with a HostFilter has no len(): how many batches an epoch holds is known "
@@ -359,6 +402,8 @@ class Pipeline(DataraxModule):
             parts.append(f"host_stage_{i}={describe_module(op)}")
         if self._host_stage is not None:
             parts.append(spec_to_str(self._host_stage.spec))
+        if self.shuffle_buffer_size is not None:
+            parts.append(f"shuffle_buffer_size={self.shuffle_buffer_size}")
         for node, op in self.nodes.items():
             parts.append(f"{node}={describe_module(op)}")
             if op.has_own_rngs:
@@ -414,7 +459,12 @@ class Pipeline(DataraxModule):
 
     def __iter__(self) -> PipelineIterator:
         binding = StepBinding(self._parts(), self.program, host_operators=list(self.host_stages))
-        if self._host_stage is not None:
+        if isinstance(self._host_stage, StreamStage):
+            workers, _, read_ahead, _ = self._host_pool_options
+            feed: DeviceFeed | HostFeed | FilteredHostFeed | StreamFeed = StreamFeed(
+                self._host_stage, binding, self.stream, workers=workers, read_ahead=read_ahead
+            )
+        elif self._host_stage is not None:
             workers, kind, read_ahead, recipe = self._host_pool_options
             # With a filter the pool computes blocks of B examined positions up to the last record.
             blocks = (
@@ -423,7 +473,7 @@ class Pipeline(DataraxModule):
             pool = HostBatchPool(
                 self._host_stage, blocks, workers=workers, kind=kind, read_ahead=read_ahead, recipe=recipe
             )
-            feed: DeviceFeed | HostFeed | FilteredHostFeed = HostFeed(pool, binding)
+            feed = HostFeed(pool, binding)
             if self._host_stage.filtered:
                 feed = FilteredHostFeed(pool, binding, self.stream)
         else:

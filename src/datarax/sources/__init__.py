@@ -11,6 +11,10 @@
   (any Grain random-access source or ``MapDataset``; the ``grain`` extra),
   ``TFDSSource`` (a TFDS dataset prepared as ArrayRecord in a local
   ``data_dir``; the ``tfds`` extra).
+* Stream sources (no random access; read in order through a seeded shuffle
+  buffer whose record positions are part of the iterator state):
+  ``IterableSource`` (a generator function) and ``HFStreamingSource`` (a
+  Hugging Face ``IterableDataset``; the ``hf`` extra).
 * ``MixSource``: several host sources mixed by weight; which source and
   record an index reads is a pure function of (seed, index), and each source
   is visited in exact epochs of its own.
@@ -21,6 +25,7 @@ Backends are imported when a source is built, never by ``import datarax``.
 from datarax.sources.array_record_source import ArrayRecordSource, ArrayRecordSourceConfig
 from datarax.sources.grain_source import GrainSource, GrainSourceConfig
 from datarax.sources.hf_source import HFSource, HFSourceConfig
+from datarax.sources.iterable_source import IterableSource, IterableSourceConfig
 from datarax.sources.memory_source import MemorySource, MemorySourceConfig
 from datarax.sources.mix_source import MixSource, MixSourceConfig
 from datarax.sources.numpy_file_source import NumpyFileSource, NumpyFileSourceConfig
@@ -35,6 +40,8 @@ __all__ = [
     "GrainSourceConfig",
     "HFSource",
     "HFSourceConfig",
+    "IterableSource",
+    "IterableSourceConfig",
     "MemorySource",
     "MemorySourceConfig",
     "MixSource",
