@@ -25,6 +25,7 @@ Backends are imported when a source is built, never by ``import datarax``.
 from datarax.sources.array_record_source import ArrayRecordSource, ArrayRecordSourceConfig
 from datarax.sources.grain_source import GrainSource, GrainSourceConfig
 from datarax.sources.hf_source import HFSource, HFSourceConfig
+from datarax.sources.hf_streaming_source import HFStreamingSource, HFStreamingSourceConfig
 from datarax.sources.iterable_source import IterableSource, IterableSourceConfig
 from datarax.sources.memory_source import MemorySource, MemorySourceConfig
 from datarax.sources.mix_source import MixSource, MixSourceConfig
@@ -40,6 +41,8 @@ __all__ = [
     "GrainSourceConfig",
     "HFSource",
     "HFSourceConfig",
+    "HFStreamingSource",
+    "HFStreamingSourceConfig",
     "IterableSource",
     "IterableSourceConfig",
     "MemorySource",

@@ -170,12 +170,12 @@ class _Column:
     dtype: np.dtype | None = None
 
 
-def _unsupported(name: str, feature: Any, why: str = "") -> TypeError:
+def _unsupported(name: str, feature: Any, why: str = "", owner: str = _OWNER) -> TypeError:
     return TypeError(
-        f"{_OWNER}: column {name!r} has feature {feature!r}{why}, which {_OWNER} cannot read; supported: Value of an "
+        f"{owner}: column {name!r} has feature {feature!r}{why}, which {owner} cannot read; supported: Value of an "
         "integer, floating point, bool, string or binary type, ClassLabel, List/Sequence/LargeList and Array2D-5D "
         "of numbers (only the outermost length may vary), Image and Audio (read as encoded bytes). Leave the column "
-        "out with HFSourceConfig(columns=...)"
+        f"out with {owner}Config(columns=...)"
     )
 
 
@@ -186,7 +186,7 @@ def _numeric_dtype(pa: Any, value: Any) -> np.dtype | None:
     return None
 
 
-def _column(datasets: Any, pa: Any, name: str, feature: Any) -> _Column:
+def _column(datasets: Any, pa: Any, name: str, feature: Any, owner: str = _OWNER) -> _Column:
     """The ``_Column`` for a feature, or a ``TypeError`` naming the column and its feature."""
     features = datasets.features
     if isinstance(feature, features.Audio):
@@ -200,7 +200,7 @@ def _column(datasets: Any, pa: Any, name: str, feature: Any) -> _Column:
             return _Column(name, "bytes", BytesSpec())
         dtype = _numeric_dtype(pa, feature)
         if dtype is None:
-            raise _unsupported(name, feature)
+            raise _unsupported(name, feature, owner=owner)
         return _Column(name, "fixed", jax.ShapeDtypeStruct((), dtype), (), dtype)
     # List (datasets >= 4), or Sequence (its name before 4: a class of its own, with the same fields).
     lists = tuple(kind for kind in (getattr(features, "List", None), features.Sequence) if isinstance(kind, type))
@@ -221,10 +221,10 @@ def _column(datasets: Any, pa: Any, name: str, feature: Any) -> _Column:
         else:
             break
     if not dims or not isinstance(item, features.Value) or _numeric_dtype(pa, item) is None:
-        raise _unsupported(name, feature)
+        raise _unsupported(name, feature, owner=owner)
     dtype = _numeric_dtype(pa, item)
     if -1 in dims[1:]:
-        raise _unsupported(name, feature, " (a length other than the outermost varies)")
+        raise _unsupported(name, feature, " (a length other than the outermost varies)", owner)
     if dims[0] == -1:
         return _Column(name, "ragged", RaggedSpec(dtype, len(dims)), tuple(dims[1:]), dtype)
     return _Column(name, "fixed", jax.ShapeDtypeStruct(tuple(dims), dtype), tuple(dims), dtype)
@@ -328,35 +328,35 @@ def _read_column(pa: Any, column: _Column, array: Any, indices: np.ndarray) -> n
 # --- where the dataset comes from -----------------------------------------------------------------
 
 
-def _data_file_list(data_files: Any) -> list[str]:
+def _data_file_list(data_files: Any, owner: str = _OWNER) -> list[str]:
     """Every path ``data_files`` names (a path, a list of paths, or a dict of split to those)."""
     if isinstance(data_files, str | os.PathLike):
         return [os.fspath(data_files)]
     if isinstance(data_files, Mapping):
         if not data_files:
-            raise ValueError(f"{_OWNER}: data_files is an empty dict; expected split names mapped to files")
-        return [path for value in data_files.values() for path in _data_file_list(value)]
+            raise ValueError(f"{owner}: data_files is an empty dict; expected split names mapped to files")
+        return [path for value in data_files.values() for path in _data_file_list(value, owner)]
     if isinstance(data_files, list | tuple):
         if not data_files:
-            raise ValueError(f"{_OWNER}: data_files is an empty list; expected at least one local file")
+            raise ValueError(f"{owner}: data_files is an empty list; expected at least one local file")
         paths = []
         for item in data_files:
             if not isinstance(item, str | os.PathLike):
-                raise TypeError(f"{_OWNER}: data_files must hold str or os.PathLike paths, got {item!r}")
+                raise TypeError(f"{owner}: data_files must hold str or os.PathLike paths, got {item!r}")
             paths.append(os.fspath(item))
         return paths
     raise TypeError(
-        f"{_OWNER}: data_files must be a path, a list of paths or a dict of split to paths, "
+        f"{owner}: data_files must be a path, a list of paths or a dict of split to paths, "
         f"got {type(data_files).__name__}"
     )
 
 
-def _local_files(data_files: Any) -> tuple[list[str], list[str]]:
+def _local_files(data_files: Any, owner: str = _OWNER) -> tuple[list[str], list[str]]:
     """``(found, missing)``: the local files ``data_files`` names (glob patterns expanded)."""
     found, missing = [], []
-    for path in _data_file_list(data_files):
+    for path in _data_file_list(data_files, owner):
         if "://" in path or path.startswith("hf:"):
-            raise ValueError(f"{_OWNER}: data_files must be local files (nothing is downloaded), got {path!r}")
+            raise ValueError(f"{owner}: data_files must be local files (nothing is downloaded), got {path!r}")
         if any(c in path for c in "*?["):
             matches = sorted(glob.glob(path))
             (found.extend(matches) if matches else missing.append(path))
