@@ -119,7 +119,7 @@ class StreamStage(RecordCollator):
             raise
         except Exception as error:  # noqa: BLE001 - re-raised naming the source and position
             raise HostStageError(
-                f"host stage: {self.owner} failed reading the record at stream position {position}: "
+                f"host stage: {self.owner} failed reading from stream position {position}: "
                 f"{describe_error(error)}"
             ) from error
 

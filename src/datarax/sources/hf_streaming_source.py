@@ -158,7 +158,8 @@ class HFStreamingSource(LocalFilesOnlyMixin, StreamSourceModule):
         }
         index, count = self.share
         if count > 1:
-            dataset = datasets.distributed.split_dataset_by_node(dataset, rank=index, world_size=count)
+            split_by_node = import_extra("datasets.distributed", extra="hf", owner=_OWNER).split_dataset_by_node
+            dataset = split_by_node(dataset, rank=index, world_size=count)
         self._dataset = dataset.select_columns(list(names))
 
     def _stream_builder(self, datasets: Any, builder: Any, data_files: Any, split: str) -> Any:
