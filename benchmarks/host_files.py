@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.host_files                          # W1F and W4 at full size
     python -m benchmarks.host_files --workloads W4 --scale 0.25 --repeats 3 --out bench-results/host.md
+    python -m benchmarks.host_files --workloads W1H W1T W4H W4T   # the dataset libraries' formats
 
 Workloads (files written once under ``--data-dir``, reused by later runs):
 
@@ -30,6 +31,35 @@ Workloads (files written once under ``--data-dir``, reused by later runs):
   extra). Every system's batch is moved to the device and flipped and
   normalised there by the same jitted function (datarax: by its own device
   operators).
+* **W1T**: W1 (the same images and labels) as a TFDS dataset prepared once
+  under ``--data-dir`` by a builder defined here (``Tensor`` uint8[32,32,3]
+  + ``ClassLabel``, ``file_format="array_record"``; no TensorFlow, nothing
+  downloaded); datarax's ``TFDSSource`` (threads, inline, processes) with
+  ``RandomFlip`` and /255 on the device, against TFDS's own loader:
+  ``tfds.data_source`` in Grain's
+  ``MapDataset.source(...).shuffle(seed).repeat().batch(128)``, iterated with
+  no read threads (the fastest single-process form measured: Grain's default
+  16 read threads and its ``DataLoader`` + ``IndexSampler`` were slower) and
+  with ``mp_prefetch`` worker processes, followed by the same jitted flip and /255.
+* **W4H**: W4's JPEGs (W4's files, read back) in a saved Hugging Face
+  dataset with an ``Image`` feature (bytes embedded, ``save_to_disk``);
+  datarax's ``HFSource`` with W4's host operators (threads, processes)
+  against the library's own loader,
+  ``Dataset.shuffle(seed=epoch).iter(batch_size=128)`` in the default format
+  with the column cast to ``Image(decode=False)``, each batch's JPEGs decoded
+  and cropped by the operators' ``apply`` on the iterating thread, or a batch
+  per task in a ``ThreadPoolExecutor`` (so only the loader differs).
+* **W4T**: the same JPEGs as a TFDS dataset (an ``Image`` feature whose stored
+  bytes are the JPEGs, ArrayRecord); datarax's ``TFDSSource`` with W4's host
+  operators (threads, processes) against ``tfds.data_source`` (images left
+  encoded: ``tfds.decode.SkipDecoding``) in Grain's
+  ``MapDataset.source(...).shuffle(seed).repeat().random_map(decode + crop).batch(128)``,
+  run by Grain's read threads or by ``mp_prefetch`` worker processes.
+
+W1T and W4T need the ``tfds`` extra and Grain (``bench``), W1H and W4H the
+``hf`` extra. In W1H, W1T, W4, W4H and W4T the reference (the denominator of
+the ratios) is the fastest system that is not datarax; in W1F the faster
+hand-written loop.
 
 Each round starts every system in turn (workers included), takes its first
 batch (time to first batch: construction, worker start and compilation
@@ -51,6 +81,7 @@ import io
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -82,6 +113,8 @@ from datarax.sources import (
     NumpyFileSourceConfig,
     ParquetSource,
     ParquetSourceConfig,
+    TFDSSource,
+    TFDSSourceConfig,
 )
 from datarax.sources.record_format import decode_record, write_array_record
 
@@ -320,8 +353,12 @@ class _Decoder:
 
     def __call__(self, record: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.int32]:
         fields = decode_record(record)
-        element = self.crop.apply(self.decode.apply({"jpeg": fields["jpeg"]}, None), rng)
-        return element["jpeg"], np.int32(fields["label"])
+        return self.image(fields["jpeg"], fields["label"], rng)
+
+    def image(self, jpeg: bytes, label: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.int32]:
+        """Decode + crop of one JPEG given as bytes (the W4H and W4T loaders read no ArrayRecord record)."""
+        element = self.crop.apply(self.decode.apply({"jpeg": jpeg}, None), rng)
+        return element["jpeg"], np.int32(label)
 
 
 def _open_reader(path: Path):
@@ -437,15 +474,21 @@ if grain is not None:
         def random_map(self, record, rng):
             return self.decoder(record, rng)
 
+    class _GrainDecodeFields(grain.transforms.RandomMap):
+        """Decode + crop of a record that ``tfds.data_source`` read: ``{"jpeg": bytes, "label": int}``."""
+
+        def __init__(self):
+            self.decoder = _Decoder()
+
+        def random_map(self, record, rng):
+            return self.decoder.image(record["jpeg"], record["label"], rng)
+
 
 def grain_loaders(paths: dict[str, Path], n: int, workers: int) -> dict[str, System]:
     """Grain's DataLoader (0 and ``workers`` workers) and MapDataset + ``mp_prefetch``."""
     if grain is None:
         return {}
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():  # Grain reads absl flags, which a plain script never parses
-        flags.FLAGS.mark_as_parsed()
+    _parse_absl_flags()
 
     def data_loader(worker_count: int) -> System:
         def start():
@@ -481,6 +524,13 @@ def grain_loaders(paths: dict[str, Path], n: int, workers: int) -> dict[str, Sys
         f"grain DataLoader ({workers} workers)": data_loader(workers),
         f"grain MapDataset + mp_prefetch ({workers} workers)": mp_prefetch(workers),
     }
+
+
+def _parse_absl_flags() -> None:
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # Grain reads absl flags, which a plain script never parses
+        flags.FLAGS.mark_as_parsed()
 
 
 def _close_grain(iterator: Any) -> None:
@@ -687,9 +737,311 @@ def run_w1h(root: Path, scale: float, repeats: int, workers: int) -> str:
     return render(f"W1H: {n:,} x 32x32x3 uint8 from a saved Hugging Face dataset", rows, reference)
 
 
+# -- TFDS and Hugging Face datasets of W1 and W4 (W1T, W4H, W4T) -----------------
+
+W1T_NAME = "datarax_w1"
+W4T_NAME = "datarax_w4"
+
+
+def _w1_arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The W1 images and labels, the same ones ``_write_w1`` and ``write_w1_hf`` store."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, size=n).astype(np.int32)
+
+
+def _w4_jpegs(root: Path, n: int) -> tuple[list[bytes], np.ndarray]:
+    """W4's JPEGs and labels, as ``write_w4_files`` generated them (read back from its Parquet file)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(write_w4_files(root / f"w4-{n}", n)["parquet"])
+    return table.column("jpeg").to_pylist(), table.column("label").to_numpy().astype(np.int32)
+
+
+def _prepare_tfds(
+    root: Path, dataset_name: str, features: Callable[[Any], Any], examples: Callable[[], Iterator[tuple[int, dict]]]
+) -> Path:
+    """Prepares a one-split TFDS dataset as ArrayRecord under ``root`` (once) with a builder defined here.
+
+    ``features(tfds.features)`` gives the ``FeaturesDict``; ``examples()`` yields ``(key, example)``.
+    Nothing is downloaded, and no feature needs TensorFlow to encode (tensors, class labels, images
+    given as encoded bytes). The dataset is read from ``{root}/{dataset_name}/1.0.0``.
+    """
+    import tensorflow_datasets as tfds
+
+    if root.exists():
+        return root
+
+    class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = dataset_name
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=features(tfds.features))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield from examples()
+
+    partial = Path(f"{root}.partial-{os.getpid()}")
+    tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress; stdout is the results
+        Builder(data_dir=str(partial), file_format="array_record").download_and_prepare()
+    partial.rename(root)  # atomic: a concurrent run never sees half-written files
+    return root
+
+
+def write_w1_tfds(root: Path, n: int) -> Path:
+    """The W1 images (a ``Tensor`` feature, uint8[32,32,3]) and labels (``ClassLabel``) as a TFDS dataset."""
+    images, labels = _w1_arrays(n)
+    return _prepare_tfds(
+        root,
+        W1T_NAME,
+        lambda f: f.FeaturesDict(
+            {"image": f.Tensor(shape=(32, 32, 3), dtype=np.uint8), "label": f.ClassLabel(num_classes=10)}
+        ),
+        lambda: ((i, {"image": images[i], "label": int(labels[i])}) for i in range(n)),
+    )
+
+
+def write_w4_tfds(root: Path, n: int) -> Path:
+    """W4's JPEGs as a TFDS dataset: an ``Image`` feature stored as the JPEG bytes given (not re-encoded)."""
+    path = root / f"w4t-{n}"
+    if path.exists():
+        return path
+    jpegs, labels = _w4_jpegs(root, n)
+    return _prepare_tfds(
+        path,
+        W4T_NAME,
+        lambda f: f.FeaturesDict(
+            {"jpeg": f.Image(shape=(None, None, 3), encoding_format="jpeg"), "label": f.ClassLabel(num_classes=10)}
+        ),
+        lambda: ((i, {"jpeg": jpegs[i], "label": int(labels[i])}) for i in range(n)),
+    )
+
+
+def write_w4_hf(root: Path, n: int) -> Path:
+    """W4's JPEGs as a Hugging Face dataset with an ``Image`` feature (the bytes embedded), ``save_to_disk``."""
+    import datasets
+
+    path = root / f"w4h-{n}"
+    if path.exists():
+        return path
+    jpegs, labels = _w4_jpegs(root, n)
+    features = datasets.Features({"jpeg": datasets.Image(), "label": datasets.Value("int32")})
+    data = {"jpeg": [{"bytes": jpeg, "path": None} for jpeg in jpegs], "label": labels}
+    partial = Path(f"{path}.partial-{os.getpid()}")
+    datasets.Dataset.from_dict(data, features=features).save_to_disk(str(partial))
+    partial.rename(path)  # atomic: a concurrent run never sees half-written files
+    return path
+
+
+def _tfds_data_source(path: Path, dataset_name: str, **kwargs):
+    import tensorflow_datasets as tfds
+
+    return tfds.data_source(dataset_name, data_dir=str(path), split="train", **kwargs)
+
+
+def tfds_grain_w1(path: Path, workers: int) -> dict[str, System]:
+    """TFDS's own loader for W1T: ``tfds.data_source`` in Grain's ``MapDataset``, shuffled per epoch, batched.
+
+    The batch is a Grain map step, so each batch is read as one unit; iterated with no read threads
+    (on 2 cores the default 16 prefetch threads measured 1.7x slower, Grain's ``DataLoader`` with an
+    ``IndexSampler`` 3.5x slower), and with ``mp_prefetch`` worker processes.
+    """
+    if grain is None:
+        return {}
+    _parse_absl_flags()
+
+    def dataset():
+        return (
+            grain.MapDataset.source(_tfds_data_source(path, W1T_NAME))
+            .shuffle(seed=0)
+            .repeat()
+            .batch(BATCH, drop_remainder=True)
+            .to_iter_dataset(grain.ReadOptions(num_threads=0))
+        )
+
+    def inline() -> tuple[Iterator[Any], Callable[[], None]]:
+        iterator = iter(dataset())
+        return _on_device((b["image"], b["label"]) for b in iterator), lambda: _close_grain(iterator)
+
+    def processes() -> tuple[Iterator[Any], Callable[[], None]]:
+        iterator = iter(dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
+        return _on_device((b["image"], b["label"]) for b in iterator), lambda: _close_grain(iterator)
+
+    return {
+        "tfds.data_source + grain MapDataset .shuffle().batch(128) (inline)": inline,
+        f"tfds.data_source + grain MapDataset .shuffle().batch(128) + mp_prefetch ({workers} workers)": processes,
+    }
+
+
+def tfds_grain_w4(path: Path, workers: int) -> dict[str, System]:
+    """TFDS's own loader for W4T: ``tfds.data_source`` (images left encoded) in Grain, decode + crop as a map.
+
+    ``MapDataset.source(...).shuffle().repeat().random_map(decode + crop).batch(128)``, run by Grain's
+    read threads (``ReadOptions(num_threads=workers)``) or by ``mp_prefetch`` worker processes.
+    """
+    if grain is None:
+        return {}
+    import tensorflow_datasets as tfds
+
+    _parse_absl_flags()
+
+    def dataset():
+        source = _tfds_data_source(path, W4T_NAME, decoders={"jpeg": tfds.decode.SkipDecoding()})
+        return (
+            grain.MapDataset.source(source)
+            .shuffle(seed=0)
+            .repeat()
+            .random_map(_GrainDecodeFields(), seed=0)
+            .batch(BATCH, drop_remainder=True)
+        )
+
+    def threads() -> tuple[Iterator[Any], Callable[[], None]]:
+        iterator = iter(dataset().to_iter_dataset(grain.ReadOptions(num_threads=workers)))
+        return _on_device(iterator), lambda: _close_grain(iterator)
+
+    def processes() -> tuple[Iterator[Any], Callable[[], None]]:
+        options = grain.MultiprocessingOptions(num_workers=workers)
+        iterator = iter(dataset().to_iter_dataset().mp_prefetch(options))
+        return _on_device(iterator), lambda: _close_grain(iterator)
+
+    return {
+        f"tfds.data_source + grain MapDataset .random_map() ({workers} read threads)": threads,
+        f"tfds.data_source + grain MapDataset .random_map() + mp_prefetch ({workers} workers)": processes,
+    }
+
+
+def hf_jpeg_loaders(path: Path, workers: int) -> dict[str, System]:
+    """Hugging Face's own loader for W4H: ``Dataset.shuffle(seed=epoch).iter(batch_size=128)``, then decode.
+
+    The default (Python) format, with the ``Image`` column cast to ``Image(decode=False)`` so a batch
+    holds the JPEG bytes, decoded and cropped with the operators' code (what datarax runs): on the
+    iterating thread, or a whole batch per task in a ``ThreadPoolExecutor`` with ``2 * workers``
+    batches in flight (as ``thread_pool_loop``).
+    """
+    import datasets
+
+    decoder = _Decoder()
+
+    def load(batch: dict[str, list], e: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((e, t))
+        return _stack_pairs(
+            [decoder.image(image["bytes"], label, rng) for image, label in zip(batch["jpeg"], batch["label"])]
+        )
+
+    def loader(pool_size: int) -> System:
+        def start():
+            dataset = datasets.load_from_disk(str(path)).cast_column("jpeg", datasets.Image(decode=False))
+            pool = concurrent.futures.ThreadPoolExecutor(pool_size) if pool_size else None
+
+            def make_epoch(e: int):
+                batches = dataset.shuffle(seed=e).iter(batch_size=BATCH, drop_last_batch=True)
+                if pool is None:
+                    yield from (load(batch, e, t) for t, batch in enumerate(batches))
+                    return
+                pending = collections.deque()
+                for t, batch in enumerate(batches):
+                    pending.append(pool.submit(load, batch, e, t))
+                    if len(pending) > 2 * pool_size:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+
+            close = (lambda: None) if pool is None else (lambda: pool.shutdown(cancel_futures=True))
+            return _on_device(_epochs(make_epoch)), close
+
+        return start
+
+    return {
+        "HF datasets: .shuffle().iter(128), decode inline": loader(0),
+        f"HF datasets: .shuffle().iter(128), decode in ThreadPoolExecutor ({workers} threads)": loader(workers),
+    }
+
+
+def _reference(rows: list[dict]) -> str:
+    """The fastest system that is not datarax: the denominator of the ratios."""
+    peers = [r for r in rows if not r["system"].startswith("datarax")]
+    if not peers:
+        raise RuntimeError("no peer loader to compare with: Grain is missing (pip install 'datarax[bench]')")
+    return min(peers, key=lambda r: r["median"])["system"]
+
+
+def run_w1t(root: Path, scale: float, repeats: int, workers: int) -> str:
+    n = int(50_000 * scale)
+    path = write_w1_tfds(root / f"w1t-{n}", n)
+    common = {"batch_size": BATCH, "rngs": nnx.Rngs(0), "shuffle": True, "drop_remainder": True, "num_epochs": None}
+
+    def build(**kw) -> Callable[[], Pipeline]:
+        return lambda: Pipeline(
+            source=TFDSSource(TFDSSourceConfig(), dataset_name=W1T_NAME, data_dir=path),
+            stages=device_stages(),
+            **kw,
+            **common,
+        )
+
+    systems = {
+        f"datarax TFDSSource ({workers} threads)": datarax_system(build(workers=workers)),
+        "datarax TFDSSource (inline)": datarax_system(build(workers=0)),
+        f"datarax TFDSSource ({workers} processes)": datarax_system(build(workers=workers, worker_kind="process")),
+    }
+    systems.update(tfds_grain_w1(path, workers))
+    rows = measure(systems, repeats=repeats, steps=n // BATCH)
+    return render(f"W1T: {n:,} x 32x32x3 uint8 from a TFDS dataset (ArrayRecord)", rows, _reference(rows))
+
+
+def _w4_pipeline(source_factory: Callable[[], Any], workers: int, **kw) -> Callable[[], Pipeline]:
+    """W4's datarax pipeline (host decode + crop, device rename + flip + /255) over another source."""
+    common = {"batch_size": BATCH, "rngs": nnx.Rngs(0), "shuffle": True, "drop_remainder": True, "num_epochs": None}
+    stages = [ElementOperator(ElementOperatorConfig(), fn=_rename), *device_stages()]
+    return lambda: Pipeline(
+        source=source_factory(), host_stages=w4_host_stages(), stages=stages, workers=workers, **kw, **common
+    )
+
+
+def run_w4h(root: Path, scale: float, repeats: int, workers: int) -> str:
+    n = int(20_000 * scale)
+    path = write_w4_hf(root, n)
+
+    def source():
+        return HFSource(HFSourceConfig(), path=path)
+
+    systems = {
+        f"datarax HFSource ({workers} threads)": datarax_system(_w4_pipeline(source, workers)),
+        f"datarax HFSource ({workers} processes)": datarax_system(_w4_pipeline(source, workers, worker_kind="process")),
+    }
+    systems.update(hf_jpeg_loaders(path, workers))
+    rows = measure(systems, repeats=repeats, steps=n // BATCH)
+    title = f"W4H: {n:,} JPEGs (160-320 px) from a saved Hugging Face dataset -> decode + random-resized-crop 128"
+    return render(title, rows, _reference(rows))
+
+
+def run_w4t(root: Path, scale: float, repeats: int, workers: int) -> str:
+    n = int(20_000 * scale)
+    path = write_w4_tfds(root, n)
+
+    def source():
+        return TFDSSource(TFDSSourceConfig(), dataset_name=W4T_NAME, data_dir=path)
+
+    systems = {
+        f"datarax TFDSSource ({workers} threads)": datarax_system(_w4_pipeline(source, workers)),
+        f"datarax TFDSSource ({workers} processes)": datarax_system(
+            _w4_pipeline(source, workers, worker_kind="process")
+        ),
+    }
+    systems.update(tfds_grain_w4(path, workers))
+    rows = measure(systems, repeats=repeats, steps=n // BATCH)
+    title = f"W4T: {n:,} JPEGs (160-320 px) from a TFDS dataset (ArrayRecord) -> decode + random-resized-crop 128"
+    return render(title, rows, _reference(rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=["W1F", "W4"], choices=["W1F", "W4", "W1H"])
+    parser.add_argument(
+        "--workloads", nargs="+", default=["W1F", "W4"], choices=["W1F", "W4", "W1H", "W1T", "W4H", "W4T"]
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the records to use")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per system (>= 3)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="workers for every loader")
@@ -710,6 +1062,12 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(run_w1h(args.data_dir, args.scale, args.repeats, args.workers))
     if "W4" in args.workloads:
         parts.append(run_w4(args.data_dir, args.scale, args.repeats, args.workers))
+    if "W1T" in args.workloads:
+        parts.append(run_w1t(args.data_dir, args.scale, args.repeats, args.workers))
+    if "W4H" in args.workloads:
+        parts.append(run_w4h(args.data_dir, args.scale, args.repeats, args.workers))
+    if "W4T" in args.workloads:
+        parts.append(run_w4t(args.data_dir, args.scale, args.repeats, args.workers))
     text = "\n".join(parts)
     print(text)
     if args.out is not None:
