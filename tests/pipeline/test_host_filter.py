@@ -171,3 +171,80 @@ def test_bad_arguments_are_refused_at_construction():
         HostFilter(HostFilterConfig(), predicate=3)
     with pytest.raises(TypeError):
         HostFilter(HostMapOperatorConfig(), predicate=not_multiple_of_3)
+
+
+def larger_than_40(element, rng):
+    return int(element["x"]) > 40
+
+
+def identity(element, rng):
+    return element
+
+
+@pytest.mark.parametrize("workers, kind", [(0, "thread"), (2, "thread"), (2, "process")])
+def test_each_host_stage_counts_what_it_kept_and_dropped(path, workers, kind):
+    """Applied = records that reached a stage and passed it; a filter's skipped = records it dropped."""
+    before = HostMapOperator(HostMapOperatorConfig(), fn=identity)
+    after = HostMapOperator(HostMapOperatorConfig(), fn=identity)
+    source = NumpyFileSource(NumpyFileSourceConfig(), paths={"x": path})
+    pipeline = Pipeline(
+        source=source,
+        host_stages=[
+            before,
+            HostFilter(HostFilterConfig(), predicate=not_multiple_of_3),
+            HostFilter(HostFilterConfig(), predicate=larger_than_40),
+            after,
+        ],
+        batch_size=8,
+        shuffle=True,
+        rngs=nnx.Rngs(0),
+        num_epochs=1,
+        workers=workers,
+        worker_kind=kind,
+    )
+    kept = real_rows(served(iter(pipeline)))
+    multiples = sum(1 for x in range(N) if x % 3 == 0)
+    small = sum(1 for x in range(N) if x % 3 and x <= 40)
+    assert sorted(kept) == [x for x in range(N) if x % 3 and x > 40]
+    stats = [op.get_operation_stats() for op in pipeline.host_stages]
+    assert stats == [
+        {"applied_count": N, "skipped_count": 0},
+        {"applied_count": N - multiples, "skipped_count": multiples},
+        {"applied_count": len(kept), "skipped_count": small},
+        {"applied_count": len(kept), "skipped_count": 0},
+    ]
+
+
+def test_counts_grow_batch_by_batch_with_the_records_each_batch_examined(path):
+    pipeline = build(path, num_epochs=1, workers=0)
+    iterator = iter(pipeline)
+    first = next(iterator)
+    state = iterator.get_state()
+    examined = state["position"]  # the first batch examined records [0, position)
+    stats = pipeline.host_stages[0].get_operation_stats()
+    assert stats["applied_count"] == int(np.asarray(first["valid_mask"]).sum()) == 8
+    assert stats["applied_count"] + stats["skipped_count"] == examined
+
+
+def numbers():
+    return ({"x": np.int64(i)} for i in range(N))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_filter_on_a_stream_counts_kept_and_dropped_records(workers):
+    from datarax.sources import IterableSource, IterableSourceConfig
+
+    keep = HostFilter(HostFilterConfig(), predicate=not_multiple_of_3)
+    pipeline = Pipeline(
+        source=IterableSource(IterableSourceConfig(), records=numbers),
+        host_stages=[keep],
+        batch_size=8,
+        shuffle=True,
+        shuffle_buffer_size=16,
+        rngs=nnx.Rngs(0),
+        workers=workers,
+    )
+    kept = real_rows(served(iter(pipeline)))
+    assert sorted(kept) == [x for x in range(N) if x % 3]
+    multiples = sum(1 for x in range(N) if x % 3 == 0)
+    assert pipeline.host_stages[0].get_operation_stats() == {"applied_count": len(kept), "skipped_count": multiples}

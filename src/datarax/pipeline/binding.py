@@ -76,7 +76,8 @@ class StepBinding:
         parts: ``(source, sampler, nodes)`` of the pipeline (``source`` None
             when the host stage reads it).
         program: The pipeline's ``StepProgram``.
-        host_operators: The host stage's operators (each counts every valid row).
+        host_operators: The host stage's operators (each counts every valid row,
+            unless a batch brings its own ``host_counts``: with a ``HostFilter``).
     """
 
     def __init__(self, parts: Any, program: StepProgram, host_operators: Sequence[Any] = ()):
@@ -84,6 +85,7 @@ class StepBinding:
         self.program = program
         nodes, plan = parts[2], program.plan
         self._host_applied = [op._applied_count for op in host_operators]
+        self._host_skipped = [op._skipped_count for op in host_operators]
         self._host_applied += [nodes[n]._applied_count for n in plan.host_counted]
         # The same counters, in the same order, as the step's increments (device_counters).
         self._masks: dict[int, jax.Array] = {}
@@ -174,10 +176,20 @@ class StepBinding:
         self.commit(increments, int(np.sum(metas[:, 1])))
         return outputs
 
-    def commit(self, increments: Any, valid_rows: int) -> None:
-        """Adds a handed-out batch's counts to the operators' counters."""
-        for var in self._host_applied:
-            _set_raw(var, _plus(_get_raw(var), valid_rows))
+    def commit(self, increments: Any, valid_rows: int, host_counts: Sequence[tuple[int, int]] | None = None) -> None:
+        """Adds a handed-out batch's counts to the operators' counters.
+
+        ``host_counts`` gives the host operators' ``(applied, skipped)`` when
+        they are not ``valid_rows`` each (a ``HostFilter`` dropped records).
+        """
+        for i, var in enumerate(self._host_applied):
+            if host_counts is not None and i < len(host_counts):
+                applied, skipped = host_counts[i]
+                _set_raw(var, _plus(_get_raw(var), applied))
+                if skipped:
+                    _set_raw(self._host_skipped[i], _plus(_get_raw(self._host_skipped[i]), skipped))
+            else:
+                _set_raw(var, _plus(_get_raw(var), valid_rows))
         if increments is not None:
             current = [v.get_raw_value() for v in self._device_vars]
             for var, value in zip(self._device_vars, self.program.accumulate(current, increments), strict=True):

@@ -12,9 +12,12 @@ many rows are real, ``collate``
     ->  writes one ``(B, ...)`` numpy array per column, padding rows repeating the last real row
 
 and ``spec_from_element`` fixes the collated spec from one transformed
-record. A later record that differs stops the stream with a
-``HostStageError`` naming the record; one that an operator fails on names
-the operator, the record and the original exception. ``HostStageError``
+record. With a ``HostFilter`` the rows after the kept ones say which filter
+dropped each examined record (``-(i + 1)`` for host stage ``i``, in order),
+so a feed can count what each filter kept and dropped (``host_counts``). A
+later record that differs stops the stream with a ``HostStageError`` naming
+the record; one that an operator fails on names the operator, the record and
+the original exception. ``HostStageError``
 carries only a message, so it crosses process boundaries intact.
 
 Example:
@@ -44,6 +47,44 @@ from datarax.operators.host_filter import HostFilter
 
 class HostStageError(RuntimeError):
     """A record could not be read or transformed on the host (the message says which and why)."""
+
+
+def host_counts(
+    operators: Sequence[tuple[str | None, Any]], dropped: Sequence[int], served: int
+) -> list[tuple[int, int]]:
+    """``(applied, skipped)`` of each host operator for a batch of ``served`` rows.
+
+    Args:
+        operators: The host stages' ``(key name, operator)`` pairs.
+        dropped: Records each stage dropped while the batch was filled (0 for all but filters).
+        served: The batch's real rows.
+
+    Example:
+        >>> from datarax.operators import HostFilter, HostFilterConfig, HostMapOperator, HostMapOperatorConfig
+        >>> keep = HostFilter(HostFilterConfig(), predicate=lambda e, rng: True)
+        >>> decode = HostMapOperator(HostMapOperatorConfig(), fn=lambda e, rng: e)
+        >>> host_counts([(None, decode), (None, keep), (None, decode)], [0, 3, 0], served=4)
+        [(7, 0), (4, 3), (4, 0)]
+    """
+    reaching = served + sum(dropped)
+    counts = []
+    for (_, op), count in zip(operators, dropped, strict=True):
+        if isinstance(op, HostFilter):
+            counts.append((reaching - count, count))
+            reaching -= count
+        else:
+            counts.append((reaching, 0))
+    return counts
+
+
+def dropped_by_stage(codes: np.ndarray, stages: int) -> list[int]:
+    """Per host stage, how many of ``codes`` (``-(i + 1)`` per dropped record) it dropped.
+
+    Example:
+        >>> dropped_by_stage(np.array([-2, -2, -1]), 3)
+        [1, 2, 0]
+    """
+    return np.bincount(-1 - np.asarray(codes, np.int64), minlength=stages).tolist()
 
 
 def describe_error(error: BaseException) -> str:
@@ -101,13 +142,20 @@ class RecordCollator:
 
     def transform(self, element: dict[str, Any], record: int, states: list[Any], row: int) -> dict[str, Any] | None:
         """Runs the host operators on one record; None if a ``HostFilter`` drops it."""
+        result = self._transform_or_drop(element, record, states, row)
+        return None if isinstance(result, int) else result
+
+    def _transform_or_drop(self, element: dict[str, Any], record: int, states: list[Any], row: int) -> dict | int:
+        """The transformed record, or the index of the ``HostFilter`` that dropped it."""
         rng = self._generator() if states else None
-        for (key_name, op), state in zip(self.operators, states or [None] * len(self.operators), strict=True):
+        for index, ((key_name, op), state) in enumerate(
+            zip(self.operators, states or [None] * len(self.operators), strict=True)
+        ):
             generator = rng.for_state(state[row]) if key_name is not None else None
             try:
                 if isinstance(op, HostFilter):
                     if not op.keep(element, generator):
-                        return None  # dropped: later operators never see it
+                        return index  # dropped: later operators never see it
                     continue
                 element = op.apply(element, generator)
             except Exception as error:  # noqa: BLE001 - re-raised naming the record and operator
@@ -145,7 +193,9 @@ class RecordCollator:
 
         Returns:
             ``(columns, records, valid_rows)``; with a ``HostFilter``, the kept
-            records packed at the front and their count.
+            records packed at the front and their count, and in ``records``
+            after them one ``-(i + 1)`` per dropped record (``i`` the
+            dropping filter's index among the host stages), in order.
 
         Raises:
             HostStageError: Naming the record and operator that failed.
@@ -164,18 +214,22 @@ class RecordCollator:
             states = self.rng_states(epoch, records[:valid_rows])
             stochastic = any(s is not None for s in states)
             kept_records = records.copy()
-            kept = 0
+            kept, dropped_by = 0, []
             for row in range(valid_rows):
                 element = {name: read[name][row] for name in read}
-                element = self.transform(element, int(records[row]), states if stochastic else [], row)
-                if element is None:
+                element = self._transform_or_drop(element, int(records[row]), states if stochastic else [], row)
+                if isinstance(element, int):
+                    dropped_by.append(element)
                     continue
                 # Kept records are packed at the front, in stream order (the same rows without a filter).
                 self._store(columns, element, kept, int(records[row]))
                 kept_records[kept] = records[row]
                 kept += 1
             records, valid_rows = kept_records, kept
-        if valid_rows:  # a filtered block may keep nothing
+            if self.filtered:  # no padding: the rows after the kept ones say which filter dropped what
+                records[kept : kept + len(dropped_by)] = -1 - np.asarray(dropped_by, np.int64)
+                return columns, records, valid_rows
+        if valid_rows:
             records[valid_rows:] = records[valid_rows - 1]
             for column in columns.values():
                 column[valid_rows:] = column[valid_rows - 1]
@@ -221,4 +275,4 @@ class RecordCollator:
         return spec
 
 
-__all__ = ["HostStageError", "RecordCollator", "describe_error"]
+__all__ = ["HostStageError", "RecordCollator", "describe_error", "dropped_by_stage", "host_counts"]

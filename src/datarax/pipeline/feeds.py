@@ -38,8 +38,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from datarax.pipeline.binding import StepBinding
+from datarax.pipeline.collate import HostStageError, dropped_by_stage, host_counts
 from datarax.pipeline.host_pool import HostBatchPool
-from datarax.pipeline.host_stage import HostStageError
 from datarax.pipeline.records import RecordSchedule
 from datarax.pipeline.stream import StreamSpec
 
@@ -53,6 +53,9 @@ class Served(NamedTuple):
         valid_rows: Its real rows.
         epoch: The epoch its rows come from.
         next: The cursor after it.
+        host_counts: The host operators' ``(applied, skipped)`` when a
+            ``HostFilter`` dropped records while filling it (None: each
+            counts ``valid_rows``).
     """
 
     batch: dict[str, Any]
@@ -60,6 +63,7 @@ class Served(NamedTuple):
     valid_rows: int
     epoch: int
     next: tuple[int, int]
+    host_counts: list[tuple[int, int]] | None = None
 
 
 class DeviceFeed:
@@ -69,6 +73,8 @@ class DeviceFeed:
         records: The stream's record schedule.
         binding: The compiled step bound to the pipeline's state.
     """
+
+    scannable = True  # every cursor is known in advance
 
     def __init__(self, records: RecordSchedule, binding: StepBinding):
         self.records = records
@@ -96,6 +102,8 @@ class HostFeed:
         pool: The host stage's pool.
         binding: The compiled step bound to the pipeline's state.
     """
+
+    scannable = True
 
     def __init__(self, pool: HostBatchPool, binding: StepBinding):
         self.pool = pool
@@ -135,6 +143,8 @@ class FilteredHostFeed:
         stream: The pipeline's stream (``drop_remainder`` decides the short last batch).
     """
 
+    scannable = False  # how many records a batch examines is known only by reading them
+
     def __init__(self, pool: HostBatchPool, binding: StepBinding, stream: StreamSpec):
         self.pool = pool
         self.binding = binding
@@ -143,14 +153,19 @@ class FilteredHostFeed:
         self._cursor: tuple[int, int] | None = None
         self._rows: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
         self._block: tuple[int, int] = (0, 0)
+        # The examined records the filters dropped, read but not yet counted: (positions, stage codes).
+        self._dropped: list[tuple[np.ndarray, np.ndarray]] = []
 
     def _kept_rows(self, epoch: int, start: int, stop_epoch: int | None) -> int:
         """Reads the block at ``(epoch, start)`` into the buffer; returns how many records it kept."""
         columns, records, kept = self.pool.get(epoch, start, stop_epoch=stop_epoch)
         examined, valid = self.pool.stage.records(epoch, start)
         # Records are distinct within an epoch: a kept record's offset is where it is in the block.
-        offsets = np.flatnonzero(np.isin(examined[:valid], records[:kept]))
+        kept_mask = np.isin(examined[:valid], records[:kept])
+        offsets = np.flatnonzero(kept_mask)
         self._rows.append(({k: np.array(v[:kept]) for k, v in columns.items()}, records[:kept].copy(), start + offsets))
+        dropped = start + np.flatnonzero(~kept_mask)
+        self._dropped.append((dropped, records[kept : kept + len(dropped)].copy()))
         self._block = self.pool.stream.advance(epoch, start)
         return kept
 
@@ -162,7 +177,7 @@ class FilteredHostFeed:
         """
         size = self.stream.batch_size
         if self._cursor != (epoch, position):
-            self._rows, self._block = [], (epoch, position)
+            self._rows, self._block, self._dropped = [], (epoch, position), []
         while True:
             held = sum(len(r) for _, r, _ in self._rows)
             while held < size and self._block[0] == epoch:
@@ -176,7 +191,7 @@ class FilteredHostFeed:
                     f"{epoch}, {'fewer than batch_size with drop_remainder=True' if held else 'none'}: "
                     "no batch to serve"
                 )
-            epoch, position, self._rows = epoch + 1, 0, []
+            epoch, position, self._rows, self._dropped = epoch + 1, 0, [], []
             if stop_epoch is not None and epoch >= stop_epoch:
                 self._cursor = None
                 return None
@@ -193,12 +208,26 @@ class FilteredHostFeed:
             self._rows = []
             following = self._block if self._block[0] == epoch else (epoch + 1, 0)
         self._cursor = following
+        counts = host_counts(self.pool.stage.operators, self._count_dropped(following), valid_rows)
         pad = np.full(size, valid_rows - 1)
         pad[:valid_rows] = np.arange(valid_rows)
         columns = {k: v[pad] for k, v in columns.items()}
         meta = np.array([epoch, valid_rows], np.int32)
         batch, increments = self.binding.run_host(inputs, columns, records[pad].astype(np.int32), meta, valid_rows)
-        return Served(batch, increments, valid_rows, epoch, following)
+        return Served(batch, increments, valid_rows, epoch, following, counts)
+
+    def _count_dropped(self, following: tuple[int, int]) -> list[int]:
+        """Per host stage, the records dropped before ``following`` (the batch's examined range); forgets them."""
+        codes, left = [], []
+        for positions, stage_codes in self._dropped:
+            before = np.ones(len(positions), bool) if following[1] == 0 else positions < following[1]
+            codes.append(stage_codes[before])
+            if not before.all():
+                left.append((positions[~before], stage_codes[~before]))
+        self._dropped = left
+        return dropped_by_stage(
+            np.concatenate(codes) if codes else np.zeros(0, np.int64), len(self.pool.stage.operators)
+        )
 
     def scan_inputs(self, cursors: list[tuple[int, int]]) -> tuple[Any, ...]:
         """Refused: a filtered stream's cursors are known only by reading (see ``HostFilter``)."""
@@ -209,7 +238,7 @@ class FilteredHostFeed:
 
     def close(self) -> None:
         """Stops the pool's workers and forgets the rows read ahead."""
-        self._cursor, self._rows = None, []
+        self._cursor, self._rows, self._dropped = None, [], []
         self.pool.close()
 
 

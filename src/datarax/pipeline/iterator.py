@@ -63,6 +63,7 @@ class _Dispatched(NamedTuple):
     valid_rows: int
     inputs: list[Any]  # the live state's leaves it read (parameters included)
     next: tuple[int, int]  # the cursor after it
+    host_counts: Any  # the host operators' (applied, skipped), when a filter dropped records
 
 
 class PipelineIterator:
@@ -106,6 +107,7 @@ class PipelineIterator:
         self._stop_epoch = None if num_epochs is None else first_epoch + num_epochs
         self._queue: collections.deque = collections.deque()
         self._dispatch = (self._epoch, self._position)
+        self._deferred: BaseException | None = None  # a read-ahead failure, raised at the next request
 
     # -- the stream -----------------------------------------------------------
 
@@ -126,7 +128,15 @@ class PipelineIterator:
                 break
             # The batch's counts reach the operators when it is handed out.
             queue.append(
-                _Dispatched(served.epoch, served.batch, served.increments, served.valid_rows, inputs, served.next)
+                _Dispatched(
+                    served.epoch,
+                    served.batch,
+                    served.increments,
+                    served.valid_rows,
+                    inputs,
+                    served.next,
+                    served.host_counts,
+                )
             )
             self._dispatch = served.next
 
@@ -134,6 +144,11 @@ class PipelineIterator:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
+        if self._deferred is not None:  # the batch after the last one handed out failed while read ahead
+            error, self._deferred = self._deferred, None
+            self._queue.clear()
+            self._dispatch = (self._epoch, self._position)
+            raise error
         inputs = self._binding.inputs()
         if self._queue and self._queue[0].inputs is not inputs:
             # A parameter changed in place since the batches ahead were
@@ -145,13 +160,16 @@ class PipelineIterator:
         if not self._queue:
             raise StopIteration
         head = self._queue.popleft()  # the queue starts at the consumer's cursor
-        self._binding.commit(head.increments, head.valid_rows)
+        self._binding.commit(head.increments, head.valid_rows, head.host_counts)
         self._epoch, self._position = head.next
         if head.epoch != self._reported_epoch:
             self._on_epoch(head.epoch)
             self._reported_epoch = head.epoch
         if self._prefetch:
-            self._fill(self._prefetch, inputs)  # keep the device busy while the consumer works
+            try:
+                self._fill(self._prefetch, inputs)  # keep the device busy while the consumer works
+            except Exception as error:  # noqa: BLE001 - this batch is good: the error belongs to a later one
+                self._deferred = error
         return head.batch
 
     @property
@@ -170,6 +188,7 @@ class PipelineIterator:
         The iterator stays usable: a later ``next`` starts new workers.
         """
         self._queue.clear()
+        self._deferred = None
         self._dispatch = (self._epoch, self._position)
         self._feed.close()
 
@@ -264,6 +283,7 @@ class PipelineIterator:
         if isinstance(self._feed, StreamFeed):  # checked last: adopting it is the first change made
             self._feed.restore(owner, int(epoch), int(position), state["stream_buffer"])
         self._queue.clear()
+        self._deferred = None
         self._epoch, self._position, self._stop_epoch = int(epoch), int(position), stop
         self._dispatch = (self._epoch, self._position)
         self._on_restore(self._epoch, self._position > 0)
@@ -298,6 +318,8 @@ class PipelineIterator:
                 ``length`` batches remain.
         """
         length = positive_int("scan", "length", length)
+        if not self._feed.scannable:  # its cursors are known only by reading: it refuses, saying why
+            self._feed.scan_inputs([])
         modules = tuple(modules)
         schedule = self.stream.schedule(self._epoch, self._position, length)
         remaining = sum(not self._finished(epoch) for epoch, _ in schedule)

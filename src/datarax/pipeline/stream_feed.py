@@ -69,7 +69,7 @@ from datarax.core.spec import is_host_spec
 from datarax.core.stream_source import StreamSourceModule, element_record
 from datarax.core.validation import is_int
 from datarax.pipeline.binding import StepBinding
-from datarax.pipeline.collate import HostStageError, RecordCollator, describe_error
+from datarax.pipeline.collate import HostStageError, RecordCollator, describe_error, dropped_by_stage, host_counts
 from datarax.pipeline.feeds import Served
 from datarax.pipeline.shuffle_buffer import ShuffleBuffer
 from datarax.pipeline.stream import StreamSpec
@@ -119,8 +119,7 @@ class StreamStage(RecordCollator):
             raise
         except Exception as error:  # noqa: BLE001 - re-raised naming the source and position
             raise HostStageError(
-                f"host stage: {self.owner} failed reading from stream position {position}: "
-                f"{describe_error(error)}"
+                f"host stage: {self.owner} failed reading from stream position {position}: {describe_error(error)}"
             ) from error
 
     def open(self, epoch: int, state: Mapping[str, Any] | None) -> ShuffleBuffer:
@@ -153,11 +152,16 @@ class StreamStage(RecordCollator):
             for name, leaf in self._source_spec.items()
         }
 
-    def batch(self, buffer: ShuffleBuffer, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray, int] | None:
-        """The next batch drawn from ``buffer``: ``B`` kept records (fewer at the epoch's end); None if none is left."""
+    def batch(self, buffer: ShuffleBuffer, epoch: int) -> tuple[dict[str, np.ndarray], np.ndarray, int, Any] | None:
+        """The next batch drawn from ``buffer``: ``B`` kept records (fewer at the epoch's end); None if none is left.
+
+        Returns:
+            ``(columns, records, valid_rows, host_counts)``; ``host_counts``
+            (see ``collate.host_counts``) is None without a filter.
+        """
         size = self.batch_size
         parts: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
-        kept = 0
+        kept, codes = 0, []
         while kept < size and not buffer.done:
             drawn = []
             while len(drawn) < size - kept and not buffer.done:
@@ -169,15 +173,17 @@ class StreamStage(RecordCollator):
                 self._columns([element for _, element in drawn]), records, len(drawn), epoch=epoch
             )
             if not self.filtered:
-                return columns, records, valid_rows
+                return columns, records, valid_rows, None
             parts.append(({k: np.array(v[:valid_rows]) for k, v in columns.items()}, records[:valid_rows].copy()))
+            codes.append(records[valid_rows : len(drawn)].copy())
             kept += valid_rows
         if not kept:
             return None
         columns = {k: np.concatenate([c[k] for c, _ in parts]) for k in parts[0][0]}
         records = np.concatenate([r for _, r in parts])
         pad = np.minimum(np.arange(size), kept - 1)
-        return {k: v[pad] for k, v in columns.items()}, records[pad], kept
+        counts = host_counts(self.operators, dropped_by_stage(np.concatenate(codes), len(self.operators)), kept)
+        return {k: v[pad] for k, v in columns.items()}, records[pad], kept, counts
 
     def infer_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         """The collated element spec: what the host operators make of the stream's first kept record (epoch 0).
@@ -255,6 +261,8 @@ class StreamFeed:
         read_ahead: Batches the background thread computes ahead.
     """
 
+    scannable = False  # where a batch ends is known only by reading the stream
+
     def __init__(self, stage: StreamStage, binding: StepBinding, stream: StreamSpec, *, workers: int, read_ahead: int):
         self.stage = stage
         self.binding = binding
@@ -284,12 +292,12 @@ class StreamFeed:
                 if stop_epoch is None or epoch < stop_epoch:
                     buffer = stage.open(epoch, None)
                 continue
-            columns, records, valid_rows = out
+            columns, records, valid_rows, counts = out
             if buffer.done:
                 following, following_state = (epoch + 1, 0), None
             else:
                 following, following_state = (epoch, buffer.drawn), buffer.state()
-            yield columns, records, valid_rows, epoch, following, following_state
+            yield columns, records, valid_rows, counts, epoch, following, following_state
             epoch, position = following
             if buffer.done and (stop_epoch is None or epoch < stop_epoch):
                 buffer = stage.open(epoch, None)
@@ -310,7 +318,7 @@ class StreamFeed:
         if self._expected != (epoch, position, stop_epoch):
             self._restart(epoch, position, stop_epoch)
         try:
-            columns, records, valid_rows, served_epoch, following, state = next(self._batches)
+            columns, records, valid_rows, counts, served_epoch, following, state = next(self._batches)
         except StopIteration:
             self._expected = None
             return None
@@ -323,7 +331,7 @@ class StreamFeed:
         self._expected = (*following, stop_epoch)
         meta = np.array([served_epoch, valid_rows], np.int32)
         batch, increments = self.binding.run_host(inputs, columns, records.astype(np.int32), meta, valid_rows)
-        return Served(batch, increments, valid_rows, served_epoch, following)
+        return Served(batch, increments, valid_rows, served_epoch, following, counts)
 
     # -- state ------------------------------------------------------------------
 
