@@ -84,8 +84,8 @@ class StreamSourceConfig(StructuralConfig):
         if count is not None and (not is_int(count) or count < 1):
             raise ValueError(f"{name}: process_count must be None or an int >= 1, got {count!r}")
         if index is not None and (not is_int(index) or index < 0 or (count is not None and index >= count)):
-            bound = f"[0, {count})" if count is not None else ">= 0"
-            raise ValueError(f"{name}: process_index must be None or an int in {bound}, got {index!r}")
+            bound = f"in [0, {count})" if count is not None else ">= 0"
+            raise ValueError(f"{name}: process_index must be None or an int {bound}, got {index!r}")
 
 
 class StreamSourceModule(DataSourceModule):

@@ -130,13 +130,14 @@ class ShuffleBuffer:
         """Continues from ``state``; ``reader`` yields ``(position, record)`` from ``min(positions)`` (or ``read``).
 
         Raises:
-            ValueError: If the stream ends before every buffered position is re-read.
+            ValueError: If the stream ends before every buffered position is re-read, or before
+                the ``read`` records the state says it had (or, for a draining buffer, goes on after them).
         """
         positions = [int(p) for p in state["positions"]]
         slots = {position: slot for slot, position in enumerate(positions)}
         records: list[Any] = [None] * len(positions)
         self._reader, self.read, self.drawn = reader, int(state["read"]), int(state["drawn"])
-        missing = len(positions)
+        missing, short = len(positions), False
         if missing:
             for position, record in reader:
                 slot = slots.get(position)
@@ -145,10 +146,17 @@ class ShuffleBuffer:
                     missing -= 1
                 if position + 1 >= self.read:
                     break
+            else:  # the stream ended before the last record the state had read
+                short = True
         if missing:
             raise ValueError(
                 f"ShuffleBuffer: the stream ended before re-reading {missing} of the {len(positions)} buffered "
                 f"records (positions up to {self.read - 1}); the stream must yield the same records every pass"
+            )
+        if short:
+            raise ValueError(
+                f"ShuffleBuffer: the state says the stream has {self.read} records, but it ended before that; "
+                "the stream must yield the same records every pass"
             )
         self._positions, self._records, self._exhausted = positions, records, False
         if len(positions) < self.size:  # a draining buffer: the stream ended at `read`
