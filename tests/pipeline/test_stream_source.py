@@ -6,10 +6,12 @@ record's. The builders live at module level so that a fresh process can import t
 """
 
 import functools
+import gc
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -339,6 +341,22 @@ def test_closing_the_iterator_mid_epoch_and_going_on_changes_nothing(reference, 
     with iterator:
         served += collect(iterator)
     assert_streams_equal(served, batches)
+
+
+def test_an_iterator_dropped_without_close_stops_its_thread():
+    pipeline = build(workers=2, num_epochs=None)
+    before = set(threading.enumerate())
+    started = []
+    for _ in range(3):
+        iterator = iter(pipeline)
+        next(iterator)
+        started += [t for t in threading.enumerate() if t not in before and t not in started]
+        del iterator
+    assert [t.name for t in started] == ["datarax-stream"] * 3
+    gc.collect()
+    for thread in started:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in started)
 
 
 def test_resume_with_endless_epochs():

@@ -58,6 +58,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -245,6 +246,10 @@ class _Ahead:
             raise StopIteration
         return item
 
+    def stop(self) -> None:
+        """Asks the thread to stop (it does within one batch); does not wait."""
+        self._stop.set()
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
@@ -270,17 +275,22 @@ class StreamFeed:
         self._workers = workers
         self._read_ahead = read_ahead
         self._batches: Any = None
+        self._finalizer: weakref.finalize | None = None
         self._expected: tuple[Any, ...] | None = None
         self._snapshots: collections.OrderedDict = collections.OrderedDict()
 
     # -- the batches ----------------------------------------------------------
 
-    def _generate(self, epoch: int, position: int, state: Any, stop_epoch: int | None) -> Iterator[tuple]:
-        stage, size = self.stage, self.stream.batch_size
+    @staticmethod
+    def _generate(
+        stage: StreamStage, stream: StreamSpec, epoch: int, position: int, state: Any, stop_epoch: int | None
+    ) -> Iterator[tuple]:
+        # A static method: the background thread runs it, and must not keep the feed alive (see _restart).
+        size = stream.batch_size
         buffer = stage.open(epoch, None if position == 0 else state)
         while stop_epoch is None or epoch < stop_epoch:
             out = stage.batch(buffer, epoch)
-            if out is None or (self.stream.drop_remainder and out[2] < size):
+            if out is None or (stream.drop_remainder and out[2] < size):
                 if position == 0:
                     kept = 0 if out is None else out[2]
                     raise HostStageError(
@@ -305,8 +315,14 @@ class StreamFeed:
     def _restart(self, epoch: int, position: int, stop_epoch: int | None) -> None:
         self.close()
         state = self.state_at(epoch, position)
-        batches = self._generate(epoch, position, state, stop_epoch)
-        self._batches = batches if self._workers == 0 else _Ahead(batches, self._read_ahead)
+        batches = self._generate(self.stage, self.stream, epoch, position, state, stop_epoch)
+        if self._workers == 0:
+            self._batches = batches
+        else:
+            self._batches = _Ahead(batches, self._read_ahead)
+            # An iterator dropped without close() must not leave the thread running: the thread holds the
+            # stage and the stream but not this feed, so collecting the feed stops it.
+            self._finalizer = weakref.finalize(self, self._batches.stop)
         self._expected = (epoch, position, stop_epoch)
 
     def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> Served | None:
@@ -382,6 +398,9 @@ class StreamFeed:
 
     def close(self) -> None:
         """Stops the background thread, if any."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if isinstance(self._batches, _Ahead):
             self._batches.close()
         self._batches, self._expected = None, None
