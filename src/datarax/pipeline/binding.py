@@ -108,7 +108,11 @@ class StepBinding:
 
     def _fixed_leaves(self) -> list[Any]:
         values = [v.get_raw_value() if isinstance(v, nnx.Variable) else v for v in self._fixed_entries]
-        return jax.tree.leaves(values)
+        leaves = jax.tree.leaves(values)
+        replicated = self.program.plan.replicated
+        if replicated is not None:  # a sharded step reads the state on every device: one copy each, once
+            leaves = [jax.device_put(leaf, replicated) for leaf in leaves]
+        return leaves
 
     def inputs(self) -> list[Any]:
         """The live state's leaves (everything but the counters) to call the program with.
@@ -150,7 +154,19 @@ class StepBinding:
             records: int32 record indices of the rows.
             meta: int32 ``[epoch, valid rows]``.
             valid_rows: ``meta[1]`` as an int.
+
+        For a sharded pipeline ``columns`` and ``records`` are this process's
+        rows of the global batch (``HostStage.share``), assembled here into
+        global arrays (``jax.make_array_from_process_local_data``).
         """
+        rows = self.program.plan.rows
+        if rows is not None:
+            size = self.program.plan.batch_size
+            columns = {
+                name: jax.make_array_from_process_local_data(rows, local, (size, *local.shape[1:]))
+                for name, local in columns.items()
+            }
+            records = jax.make_array_from_process_local_data(rows, records, (size,))
         batch, increments = self._host_step(inputs, columns, records, meta)
         mask = self._masks.get(valid_rows)
         batch[VALID_MASK] = mask if mask is not None else self.valid_mask(valid_rows)
@@ -160,7 +176,10 @@ class StepBinding:
         """The ``valid_mask`` of a batch with ``valid_rows`` real rows (one device array per count, reused)."""
         mask = self._masks.get(valid_rows)
         if mask is None:
-            mask = self._masks[valid_rows] = jnp.arange(self.program.plan.batch_size) < valid_rows
+            mask = jnp.arange(self.program.plan.batch_size) < valid_rows
+            if self.program.plan.rows is not None:
+                mask = jax.device_put(mask, self.program.plan.rows)
+            self._masks[valid_rows] = mask
         return mask
 
     def records_chunk(self, epoch: int, chunk_start: int) -> jax.Array:

@@ -111,7 +111,8 @@ class HostFeed:
 
     def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> Served:
         """The batch at ``(epoch, position)``."""
-        columns, records, valid_rows = self.pool.get(epoch, position, stop_epoch=stop_epoch)
+        columns, records, _ = self.pool.get(epoch, position, stop_epoch=stop_epoch)
+        valid_rows = self._valid_rows(position)  # of the global batch (the pool may compute a share of it)
         meta = np.array([epoch, valid_rows], np.int32)
         batch, increments = self.binding.run_host(inputs, columns, records.astype(np.int32), meta, valid_rows)
         return Served(batch, increments, valid_rows, epoch, self.pool.stream.advance(epoch, position))
@@ -121,12 +122,15 @@ class HostFeed:
         records, metas, columns = [], [], []
         stop = cursors[-1][0] + 1  # read ahead no further than the scan's last epoch
         for epoch, position in cursors:
-            batch_columns, batch_records, valid_rows = self.pool.get(epoch, position, stop_epoch=stop)
+            batch_columns, batch_records, _ = self.pool.get(epoch, position, stop_epoch=stop)
             records.append(batch_records.astype(np.int32))
-            metas.append((epoch, valid_rows))
+            metas.append((epoch, self._valid_rows(position)))
             columns.append(batch_columns)
         stacked = {name: np.stack([c[name] for c in columns]) for name in columns[0]}
         return np.stack(records), np.array(metas, np.int32), stacked
+
+    def _valid_rows(self, position: int) -> int:
+        return min(self.pool.stream.batch_size, self.pool.stream.num_records - position)
 
     def close(self) -> None:
         """Stops the pool's workers."""

@@ -117,7 +117,7 @@ def _worker_init(recipe: tuple) -> None:
 
     from datarax.core.constructor_args import from_recipe
 
-    source_recipe, operator_recipes, shuffle, seed, batch_size, spec = recipe
+    source_recipe, operator_recipes, shuffle, seed, batch_size, spec, share = recipe
     stage = HostStage(
         from_recipe(source_recipe),
         operators=[(key, from_recipe(op)) for key, op in operator_recipes],
@@ -125,8 +125,9 @@ def _worker_init(recipe: tuple) -> None:
         seed=seed,
         batch_size=batch_size,
         spec={name: jax.ShapeDtypeStruct(shape, np.dtype(dtype)) for name, shape, dtype in spec},
+        share=share,
     )
-    _WORKER.update(stage=stage, layout=_layout(stage.spec, batch_size)[0], blocks={})
+    _WORKER.update(stage=stage, layout=_layout(stage.spec, stage.batch_size)[0], blocks={})
 
 
 def _worker_compute(epoch: int, start: int, block_name: str) -> tuple[np.ndarray, int]:

@@ -63,8 +63,10 @@ class HostStage(RecordCollator):
         operators: ``(key name or None, operator)`` pairs, in order.
         shuffle: Whether epochs are Feistel permutations.
         seed: The pipeline seed (shuffle and host generators).
-        batch_size: Rows per batch.
+        batch_size: Rows per (global) batch.
         spec: The collated element spec; inferred from the first record if None.
+        share: ``(first, stop)``: the rows of each batch this process
+            computes (a sharded pipeline: its devices' rows); None: all.
     """
 
     def __init__(
@@ -76,15 +78,18 @@ class HostStage(RecordCollator):
         seed: int,
         batch_size: int,
         spec: Mapping[str, jax.ShapeDtypeStruct] | None = None,
+        share: tuple[int, int] | None = None,
     ):
+        self.share = (0, batch_size) if share is None else (int(share[0]), int(share[1]))
         super().__init__(
             type(source).__name__,
             source.element_spec(),
             operators=operators,
             seed=seed,
-            batch_size=batch_size,
+            batch_size=self.share[1] - self.share[0],  # the rows collated here
             spec=spec,
         )
+        self.global_batch_size = batch_size
         self.source = source
         self.shuffle = shuffle
         self.num_records = len(source)
@@ -97,19 +102,19 @@ class HostStage(RecordCollator):
     # -- records --------------------------------------------------------------
 
     def records(self, epoch: int, start: int) -> tuple[np.ndarray, int]:
-        """The batch's record indices (padding rows repeat the last real one) and its valid rows."""
-        n = self.num_records
-        valid_rows = min(self.batch_size, n - start)
+        """The (global) batch's record indices (padding rows repeat the last real one) and its valid rows."""
+        n, size = self.num_records, self.global_batch_size
+        valid_rows = min(size, n - start)
         if not self.shuffle:
-            positions = np.minimum(np.arange(start, start + self.batch_size, dtype=np.int64), n - 1)
+            positions = np.minimum(np.arange(start, start + size, dtype=np.int64), n - 1)
             return positions, valid_rows
         offset = start % self._chunk
         chunk = self._chunk_records(epoch, start - offset)
-        if offset + self.batch_size <= self._chunk:
-            return chunk[offset : offset + self.batch_size].copy(), valid_rows
+        if offset + size <= self._chunk:
+            return chunk[offset : offset + size].copy(), valid_rows
         # A filtered stream's blocks start anywhere, so one may straddle two chunks.
         following = self._chunk_records(epoch, start - offset + self._chunk)
-        return np.concatenate([chunk[offset:], following[: offset + self.batch_size - self._chunk]]), valid_rows
+        return np.concatenate([chunk[offset:], following[: offset + size - self._chunk]]), valid_rows
 
     def _chunk_records(self, epoch: int, chunk_start: int) -> np.ndarray:
         """The Feistel records of ``chunk_size(B)`` positions from ``chunk_start``, computed once per chunk.
@@ -172,6 +177,15 @@ class HostStage(RecordCollator):
             HostStageError: Naming the source, record and operator that failed.
         """
         records, valid_rows = self.records(epoch, start)
+        first, stop = self.share
+        if (first, stop) != (0, self.global_batch_size):  # this process's rows only: it reads no other record
+            last_real = records[valid_rows - 1]
+            records = records[first:stop].copy()
+            valid_rows = min(max(valid_rows - first, 0), stop - first)
+            if not valid_rows:  # every row is padding: a copy of the epoch's last real record, as unsharded
+                records[:] = last_real
+                columns, records, _ = self.collate(self._read(records[:1]), records, 1, epoch=epoch, out=out)
+                return columns, records, 0
         read = self._read(records[:valid_rows])
         return self.collate(read, records, valid_rows, epoch=epoch, out=out)
 
@@ -223,7 +237,7 @@ def worker_recipe(stage: HostStage) -> tuple:
         recipes.append(recipe)
     spec = tuple((name, tuple(leaf.shape), np.dtype(leaf.dtype).str) for name, leaf in stage.spec.items())
     operators = [(key, recipe) for (key, _), recipe in zip(stage.operators, recipes[1:], strict=True)]
-    return recipes[0], operators, stage.shuffle, stage.seed, stage.batch_size, spec
+    return recipes[0], operators, stage.shuffle, stage.seed, stage.global_batch_size, spec, stage.share
 
 
 __all__ = ["HostStage", "HostStageError", "worker_recipe"]

@@ -86,6 +86,7 @@ from datarax.pipeline.host_stage import HostStage, worker_recipe
 from datarax.pipeline.iterator import PipelineIterator
 from datarax.pipeline.program import PROGRAMS, StepPlan, StepProgram, compute_batch
 from datarax.pipeline.records import RecordSchedule
+from datarax.pipeline.sharding import batch_layout
 from datarax.pipeline.stream import StreamSpec
 from datarax.pipeline.stream_feed import StreamFeed, StreamStage
 from datarax.samplers import SequentialSampler, SequentialSamplerConfig, ShuffleSampler, ShuffleSamplerConfig
@@ -141,6 +142,13 @@ class Pipeline(DataraxModule):
             read in order): the slots of its seeded shuffle buffer (None:
             1024; see ``datarax.pipeline.stream_feed`` for what a buffer
             guarantees). Random-access sources shuffle exactly and take none.
+        sharding: A ``jax.sharding.NamedSharding`` whose ``PartitionSpec``
+            names the data axis first (``P("data")``): every batch is then a
+            global ``jax.Array`` with its batch axis split over that axis (see
+            ``datarax.pipeline.sharding``), each device computing its own
+            rows; with several processes (``jax.distributed``) each process
+            computes and reads only its rows. ``batch_size`` is the global
+            batch size. None: one device.
         name: Optional module name.
 
     Raises:
@@ -172,6 +180,7 @@ class Pipeline(DataraxModule):
         worker_kind: str = THREAD,
         read_ahead: int | None = None,
         shuffle_buffer_size: int | None = None,
+        sharding: Any = None,
         name: str | None = None,
     ):
         dag_given = [arg for arg, value in (("nodes", nodes), ("edges", edges), ("sink", sink)) if value is not None]
@@ -215,6 +224,13 @@ class Pipeline(DataraxModule):
                     f"Pipeline: worker_kind='process' is for random-access host sources; the stream source "
                     f"{type(source).__name__} is read in order by one background thread (worker_kind='thread')"
                 )
+        rows, share = batch_layout(sharding, batch_size) if sharding is not None else (None, None)
+        if sharding is not None and streamed:
+            raise ValueError(
+                f"Pipeline: sharding is not available for the stream source {type(source).__name__}: each process "
+                "streams its own share, whose epochs end at different batches; give each process its own "
+                "unsharded pipeline (process_index/process_count in the source's config) instead"
+            )
         num_records = None if streamed else record_count(source, batch_size, drop_remainder)
         host = isinstance(source, HostSourceModule) or streamed
         host_ops = host_operators(host_stages, source)
@@ -249,7 +265,9 @@ class Pipeline(DataraxModule):
             own_key_salts=tuple((n, zlib.crc32(n.encode())) for n in cloned if own[n].has_own_rngs),
             host_counted=tuple(n for n in graph.order if own[n].counts_every_record),
             host_input=host,
+            rows=rows,
         )
+        self.sharding = sharding
         self._host_stage: HostStage | StreamStage | None = None
         self._host_pool_options: tuple[Any, ...] = ()
         self.shuffle_buffer_size = shuffle_buffer_size
@@ -266,7 +284,14 @@ class Pipeline(DataraxModule):
             self._host_pool_options = (workers, worker_kind, read_ahead, None)
         elif host:
             operators = [(host_keys.get(f"host_stage_{i}"), op) for i, op in enumerate(host_ops)]
-            self._host_stage = HostStage(source, operators=operators, shuffle=shuffle, seed=seed, batch_size=batch_size)
+            self._host_stage = HostStage(
+                source, operators=operators, shuffle=shuffle, seed=seed, batch_size=batch_size, share=share
+            )
+            if rows is not None and self._host_stage.filtered:
+                raise ValueError(
+                    "Pipeline: sharding is not available with a HostFilter: which records a batch holds is known only "
+                    "by reading every earlier one, which a process reading only its share of each batch cannot do"
+                )
             recipe = worker_recipe(self._host_stage) if worker_kind == PROCESS else None
             self._host_pool_options = (workers, worker_kind, read_ahead, recipe)
         element_specs(self._source_spec(), self.nodes, self.graph)
