@@ -68,7 +68,14 @@ CHEAP_OPS = {"image": _cheap_image, "label": _cheap_label}
 
 
 def build_pipeline(
-    data, batch_size: int, *, flip: bool, chain: int = 0, target: str = "image", prefetch: int | None = None
+    data,
+    batch_size: int,
+    *,
+    flip: bool,
+    chain: int = 0,
+    target: str = "image",
+    prefetch: int | None = None,
+    sharding=None,
 ) -> Pipeline:
     """The benchmark's pipeline: normalise, optionally RandomFlip, then ``chain`` cheap operators.
 
@@ -89,6 +96,7 @@ def build_pipeline(
         drop_remainder=True,
         num_epochs=None,
         prefetch=prefetch,
+        sharding=sharding,
     )
 
 

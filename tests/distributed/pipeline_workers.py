@@ -20,7 +20,7 @@ from datarax.core.config import StructuralConfig
 from datarax.core.host_source import HostSourceModule
 from datarax.distributed import batch_sharding, data_mesh
 from datarax.operators import HostMapOperator, HostMapOperatorConfig, RandomFlip, RandomFlipConfig
-from datarax.pipeline.sharding import local_rows
+from datarax.pipeline.sharding import local_rows, replicate
 from datarax.sources import MemorySource, MemorySourceConfig
 
 N = 37  # records: a short last batch in every epoch
@@ -106,3 +106,44 @@ def stream(kind: str, sharded: bool, state: str | None = None, batches: int | No
 def stream_to_file(kind: str, path: str, state: str | None = None, batches: int | None = None) -> None:
     """``stream`` run unsharded in this process, written as JSON (for the parent's reference)."""
     Path(path).write_text(json.dumps(stream(kind, False, state, batches)))
+
+
+def _replicated_model(seed: int) -> nnx.Linear:
+    """A small model whose parameters every device holds (as a data-parallel model's are)."""
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(seed))
+    replicated = jax.sharding.NamedSharding(data_mesh(), jax.sharding.PartitionSpec())
+    nnx.update(model, jax.tree.map(lambda leaf: replicate(leaf, replicated), nnx.state(model)))
+    return model
+
+
+def checkpoint_save(directory: str, batches: int) -> dict:
+    """Iterates ``batches`` batches of the sharded host pipeline, then saves model + iterator in one Orbax step."""
+    from datarax.checkpoint import OrbaxCheckpointHandler
+
+    iterator = iter(build("host", True))
+    for _ in range(batches):
+        next(iterator)
+    model = _replicated_model(0)
+    with OrbaxCheckpointHandler(directory) as handler:
+        handler.save(batches, {"model": model, "iterator": iterator})
+        handler.wait_until_finished()
+    return {"state": json.dumps(iterator.get_state()), "kernel": np.asarray(model.kernel[...]).tolist()}
+
+
+def checkpoint_restore(directory: str) -> dict:
+    """Restores model + iterator from the latest step (any process count) and serves the rest of the stream."""
+    from datarax.checkpoint import OrbaxCheckpointHandler
+
+    pipeline = build("host", True)
+    iterator = iter(pipeline)
+    model = _replicated_model(1)  # another initialisation: the restore must replace it
+    with OrbaxCheckpointHandler(directory) as handler:
+        step = handler.restore({"model": model, "iterator": iterator})
+    return {
+        "step": step,
+        "state": json.dumps(iterator.get_state()),
+        "kernel": np.asarray(model.kernel[...]).tolist(),
+        "kernel_sharding": str(model.kernel[...].sharding.spec),
+        "batches": [_rows(batch, True, pipeline) for batch in iterator],
+        "process_index": jax.process_index(),
+    }

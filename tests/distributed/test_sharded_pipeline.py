@@ -129,3 +129,43 @@ def test_a_state_saved_on_four_processes_continues_on_two_and_on_one(tmp_path):
     assert _concat_shares(two) == reference["batches"][7:]
     one = stream(kind, sharded=True, state=state)  # this process: one process, 8 devices
     assert one["batches"] == reference["batches"][7:]
+
+
+def test_one_checkpoint_per_run_saved_on_four_processes_restores_on_two_and_on_one(tmp_path):
+    from pipeline_workers import checkpoint_restore
+
+    reference = stream("host", sharded=False)
+    directory = str(tmp_path / "checkpoints")
+    saved = check_all_succeeded(
+        run_workers(
+            "pipeline_workers:checkpoint_save",
+            num_processes=4,
+            devices_per_process=1,
+            workdir=tmp_path / "save",
+            args={"directory": directory, "batches": 6},
+            timeout=120,
+        )
+    )
+    assert len({r["state"] for r in saved}) == 1 and len({json.dumps(r["kernel"]) for r in saved}) == 1
+    # One iterator document for the run, not one per process.
+    step_dir = tmp_path / "checkpoints" / "6"
+    assert sorted(p.name for p in step_dir.iterdir() if p.name.startswith("iterator")) == ["iterator.json"]
+    documents = [p.name for p in (step_dir / "iterator.json").iterdir() if p.name != "commit_success.txt"]
+    assert documents == ["metadata"]  # Orbax's JSON document, written by the primary process alone
+    restored = check_all_succeeded(
+        run_workers(
+            "pipeline_workers:checkpoint_restore",
+            num_processes=2,
+            devices_per_process=2,
+            workdir=tmp_path / "restore",
+            args={"directory": directory},
+            timeout=120,
+        )
+    )
+    for report in restored:
+        assert report["step"] == 6 and report["state"] == saved[0]["state"]
+        assert report["kernel"] == saved[0]["kernel"]
+    assert _concat_shares(restored) == reference["batches"][6:]
+    alone = checkpoint_restore(directory)  # this process alone, 8 devices
+    assert alone["kernel"] == saved[0]["kernel"]
+    assert alone["batches"] == reference["batches"][6:]

@@ -39,6 +39,7 @@ from flax import nnx
 from datarax.core.batch_form import VALID_MASK
 from datarax.core.module import IterationCount
 from datarax.pipeline.program import StateLayout, StepProgram
+from datarax.pipeline.sharding import replicate
 
 # Variable.set_raw_value checks the JAX trace level on every call (a few
 # microseconds, paid per counter per batch); the iterator runs outside any
@@ -111,7 +112,7 @@ class StepBinding:
         leaves = jax.tree.leaves(values)
         replicated = self.program.plan.replicated
         if replicated is not None:  # a sharded step reads the state on every device: one copy each, once
-            leaves = [jax.device_put(leaf, replicated) for leaf in leaves]
+            leaves = [replicate(leaf, replicated) for leaf in leaves]
         return leaves
 
     def inputs(self) -> list[Any]:

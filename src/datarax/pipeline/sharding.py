@@ -89,6 +89,31 @@ def batch_layout(sharding: Any, batch_size: int, owner: str = "Pipeline") -> tup
     return rows, (held[0], held[-1] + 1)
 
 
+def replicate(value: Any, sharding: NamedSharding) -> jax.Array:
+    """``value`` (the same on every process) as a global array every device of ``sharding`` holds whole.
+
+    Built from the host value shard by shard (``jax.make_array_from_callback``), which is what
+    several processes need: ``jax.device_put`` of an array committed to one local device makes an
+    array whose shards Orbax cannot enumerate on more than one process. Typed PRNG keys go through
+    their key data.
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        >>> everywhere = NamedSharding(Mesh(jax.devices()[:2], ("data",)), P())
+        >>> array = replicate(np.arange(3), everywhere)
+        >>> array.is_fully_replicated, len(array.addressable_shards), array.tolist()
+        (True, 2, [0, 1, 2])
+    """
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        data = replicate(jax.random.key_data(value), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+    if jax.process_count() == 1:
+        return jax.device_put(value, sharding)
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def local_rows(rows: NamedSharding, batch: Any) -> Any:
     """This process's rows of a sharded batch, as numpy (the whole batch on one process).
 
@@ -113,4 +138,4 @@ def local_rows(rows: NamedSharding, batch: Any) -> Any:
     return jax.tree.map(gather, batch)
 
 
-__all__ = ["batch_layout", "local_rows"]
+__all__ = ["batch_layout", "local_rows", "replicate"]

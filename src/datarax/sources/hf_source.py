@@ -376,6 +376,61 @@ def _file_backed(table_module: Any, table: Any) -> bool:
     return False
 
 
+def _selected_columns(
+    datasets: Any, pa: Any, features: Any, columns: tuple[str, ...] | None, owner: str
+) -> tuple[tuple[_Column, ...], dict[str, tuple[str, ...]]]:
+    """The ``_Column`` of each configured column (None: all) and the ``ClassLabel`` names, checked."""
+    names = columns if columns is not None else tuple(features)
+    missing = [column for column in names if column not in features]
+    if missing:
+        raise ValueError(f"{owner}: columns {missing} are not in the dataset; its columns are {list(features)}")
+    if VALID_MASK in names:
+        raise ValueError(
+            f"{owner}: column name {VALID_MASK!r} is reserved for batches; leave it out with {owner}Config(columns=...)"
+        )
+    class_names = {
+        column: tuple(features[column].names)
+        for column in names
+        if isinstance(features[column], datasets.features.ClassLabel)
+    }
+    return tuple(_column(datasets, pa, column, features[column], owner) for column in names), class_names
+
+
+def load_local_builder(
+    source: LocalFilesOnlyMixin,
+    datasets: Any,
+    builder: Any,
+    data_files: Any,
+    split: str,
+    *,
+    owner: str,
+    streaming: bool,
+) -> Any:
+    """``datasets.load_dataset(builder, data_files=..., split=...)`` over local files only, checked first.
+
+    Raises:
+        ValueError: For an unknown builder, no or remote data files, or a failed load.
+        FileNotFoundError: If a data file is missing (``source``'s ``local_files_only`` error when set).
+    """
+    if builder not in BUILDERS:
+        raise ValueError(f"{owner}: builder must be one of {list(BUILDERS)} (local files only), got {builder!r}")
+    if data_files is None:
+        raise ValueError(f"{owner}: builder={builder!r} needs data_files= (local files)")
+    found, missing = _local_files(data_files, owner)
+    dataset_name = f"{builder}:{_data_file_list(data_files, owner)[0]}"
+    if not source._check_local_cache(found + missing, dataset_name=dataset_name):
+        raise FileNotFoundError(f"{owner}: data_files not found: {', '.join(missing)}")
+    if isinstance(data_files, Mapping):
+        data_files = {key: _data_file_list(value, owner) for key, value in data_files.items()}
+    else:
+        data_files = _data_file_list(data_files, owner)
+    try:
+        return datasets.load_dataset(builder, data_files=data_files, split=split, streaming=streaming)
+    except ValueError as error:  # an unknown split, unreadable files, ...
+        call = f"load_dataset({builder!r}, data_files=..., split={split!r}{', streaming=True' if streaming else ''})"
+        raise ValueError(f"{owner}: {call} failed: {str(error).strip()}") from error
+
+
 class HFSource(LocalFilesOnlyMixin, HostSourceModule):
     """A host source over the rows of a Hugging Face ``datasets.Dataset`` (see the module docstring).
 
@@ -442,21 +497,8 @@ class HFSource(LocalFilesOnlyMixin, HostSourceModule):
         else:
             data = self._load_builder(datasets, builder, data_files, split)
         features = data.features
-        names = config.columns if config.columns is not None else tuple(features)
-        missing = [column for column in names if column not in features]
-        if missing:
-            raise ValueError(f"{_OWNER}: columns {missing} are not in the dataset; its columns are {list(features)}")
-        if VALID_MASK in names:
-            raise ValueError(
-                f"{_OWNER}: column name {VALID_MASK!r} is reserved for batches; leave it out with "
-                "HFSourceConfig(columns=...)"
-            )
-        self._columns = tuple(_column(datasets, pa, column, features[column]) for column in names)
-        self.class_names = {
-            column: tuple(features[column].names)
-            for column in names
-            if isinstance(features[column], datasets.features.ClassLabel)
-        }
+        self._columns, self.class_names = _selected_columns(datasets, pa, features, config.columns, _OWNER)
+        names = tuple(column.name for column in self._columns)
         self.audio_sampling_rates = {
             column: features[column].sampling_rate
             for column in names
@@ -500,24 +542,7 @@ class HFSource(LocalFilesOnlyMixin, HostSourceModule):
         return data
 
     def _load_builder(self, datasets: Any, builder: Any, data_files: Any, split: str) -> Any:
-        if builder not in BUILDERS:
-            raise ValueError(f"{_OWNER}: builder must be one of {list(BUILDERS)} (local files only), got {builder!r}")
-        if data_files is None:
-            raise ValueError(f"{_OWNER}: builder={builder!r} needs data_files= (local files)")
-        found, missing = _local_files(data_files)
-        dataset_name = f"{builder}:{_data_file_list(data_files)[0]}"
-        if not self._check_local_cache(found + missing, dataset_name=dataset_name):
-            raise FileNotFoundError(f"{_OWNER}: data_files not found: {', '.join(missing)}")
-        if isinstance(data_files, Mapping):
-            data_files = {key: _data_file_list(value) for key, value in data_files.items()}
-        else:
-            data_files = _data_file_list(data_files)
-        try:
-            return datasets.load_dataset(builder, data_files=data_files, split=split)
-        except ValueError as error:  # an unknown split, unreadable files, ...
-            raise ValueError(
-                f"{_OWNER}: load_dataset({builder!r}, data_files=..., split={split!r}) failed: {str(error).strip()}"
-            ) from error
+        return load_local_builder(self, datasets, builder, data_files, split, owner=_OWNER, streaming=False)
 
     @property
     def columns(self) -> tuple[str, ...]:

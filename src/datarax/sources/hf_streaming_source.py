@@ -39,20 +39,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
-from datarax.core.batch_form import VALID_MASK
 from datarax.core.data_source import LocalFilesOnlyMixin
 from datarax.core.extras import import_extra
 from datarax.core.host_source import ColumnSelectionConfig
 from datarax.core.stream_source import StreamSourceConfig, StreamSourceModule
 from datarax.core.validation import positive_int
-from datarax.sources.hf_source import BUILDERS, _column, _data_file_list, _local_files, _read_column
+from datarax.sources.hf_source import _read_column, _selected_columns, load_local_builder
 
 _OWNER = "HFStreamingSource"
 
@@ -134,54 +132,19 @@ class HFStreamingSource(LocalFilesOnlyMixin, StreamSourceModule):
                     f"{_OWNER}: dataset must be a datasets.IterableDataset, got {type(dataset).__name__}{hint}"
                 )
         else:
-            dataset = self._stream_builder(datasets, builder, data_files, split)
+            dataset = load_local_builder(self, datasets, builder, data_files, split, owner=_OWNER, streaming=True)
         features = dataset.features
         if features is None:  # e.g. from_generator without features: the first batch's Arrow schema says
             first = next(iter(dataset.with_format("arrow").iter(batch_size=1)), None)
             if first is None:
                 raise ValueError(f"{_OWNER}: the dataset yields no rows")
             features = datasets.Features.from_arrow_schema(first.schema)
-        names = config.columns if config.columns is not None else tuple(features)
-        missing = [column for column in names if column not in features]
-        if missing:
-            raise ValueError(f"{_OWNER}: columns {missing} are not in the dataset; its columns are {list(features)}")
-        if VALID_MASK in names:
-            raise ValueError(
-                f"{_OWNER}: column name {VALID_MASK!r} is reserved for batches; leave it out with "
-                f"{_OWNER}Config(columns=...)"
-            )
-        self._columns = tuple(_column(datasets, pa, column, features[column], _OWNER) for column in names)
-        self.class_names = {
-            column: tuple(features[column].names)
-            for column in names
-            if isinstance(features[column], datasets.features.ClassLabel)
-        }
+        self._columns, self.class_names = _selected_columns(datasets, pa, features, config.columns, _OWNER)
         index, count = self.share
         if count > 1:
             split_by_node = import_extra("datasets.distributed", extra="hf", owner=_OWNER).split_dataset_by_node
             dataset = split_by_node(dataset, rank=index, world_size=count)
-        self._dataset = dataset.select_columns(list(names))
-
-    def _stream_builder(self, datasets: Any, builder: Any, data_files: Any, split: str) -> Any:
-        if builder not in BUILDERS:
-            raise ValueError(f"{_OWNER}: builder must be one of {list(BUILDERS)} (local files only), got {builder!r}")
-        if data_files is None:
-            raise ValueError(f"{_OWNER}: builder={builder!r} needs data_files= (local files)")
-        found, missing = _local_files(data_files, _OWNER)
-        dataset_name = f"{builder}:{_data_file_list(data_files, _OWNER)[0]}"
-        if not self._check_local_cache(found + missing, dataset_name=dataset_name):
-            raise FileNotFoundError(f"{_OWNER}: data_files not found: {', '.join(missing)}")
-        if isinstance(data_files, Mapping):
-            data_files = {key: _data_file_list(value, _OWNER) for key, value in data_files.items()}
-        else:
-            data_files = [os.fspath(path) for path in _data_file_list(data_files, _OWNER)]
-        try:
-            return datasets.load_dataset(builder, data_files=data_files, split=split, streaming=True)
-        except ValueError as error:
-            raise ValueError(
-                f"{_OWNER}: load_dataset({builder!r}, data_files=..., split={split!r}, streaming=True) failed: "
-                f"{str(error).strip()}"
-            ) from error
+        self._dataset = dataset.select_columns(list(self.columns))
 
     @property
     def columns(self) -> tuple[str, ...]:
