@@ -68,7 +68,7 @@ def test_batch_sizes_that_do_not_divide_are_refused_saying_what_would():
 
 
 @pytest.mark.parametrize("kind", ["device", "host"])
-@pytest.mark.parametrize("num_processes, devices_per_process", [(2, 2), (4, 1)])
+@pytest.mark.parametrize("num_processes, devices_per_process", [(2, 2), (4, 1), (2, 4)])
 def test_the_union_of_the_process_shares_is_the_single_process_stream(
     tmp_path, kind, num_processes, devices_per_process
 ):
