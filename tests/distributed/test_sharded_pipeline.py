@@ -169,3 +169,12 @@ def test_one_checkpoint_per_run_saved_on_four_processes_restores_on_two_and_on_o
     alone = checkpoint_restore(directory)  # this process alone, 8 devices
     assert alone["kernel"] == saved[0]["kernel"]
     assert alone["batches"] == reference["batches"][6:]
+
+
+def test_scan_over_a_sharded_pipeline_equals_the_unsharded_scan():
+    def total(batch):
+        return (batch["image"].sum(axis=(1, 2)) * batch["valid_mask"]).sum()
+
+    unsharded = build("device", sharded=False, num_epochs=None).scan(total, length=7)
+    sharded = build("device", sharded=True, num_epochs=None).scan(total, length=7)
+    np.testing.assert_allclose(np.asarray(sharded), np.asarray(unsharded), rtol=1e-6)
