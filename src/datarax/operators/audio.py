@@ -835,17 +835,27 @@ class LogMelSpectrogram(OperatorModule):
         fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max, c.mel_scale, c.norm)
         return fb.astype(np.float32)
 
-    def _mono(self, x: jax.Array) -> jax.Array:
+    def power_spectrogram(self, x: jax.Array) -> jax.Array:
+        """``|STFT(x)| ** 2`` of one channel ``x`` of shape ``(T,)``: float32 ``(frames, n_fft // 2 + 1)``.
+
+        The STFT is unscaled: frame ``i`` is ``rfft(window * x_padded[i * hop : i * hop + n_fft])``
+        with the periodic Hann window ``0.5 - 0.5 cos(2 pi n / n_fft)``.
+        """
         c = self.config
+        x = jnp.asarray(x, jnp.float32)
+        frames = c.num_frames(x.shape[0])
         if c.center:
             x = _pad_time(x, c.n_fft // 2, c.n_fft // 2, c.pad_mode)
-        frames = c.num_frames(x.shape[0] - (2 * (c.n_fft // 2) if c.center else 0))
+        # One gather with a static (frames, n_fft) index: the frames overlap, so no reshape can make them.
         index = np.arange(frames)[:, None] * c.hop_length + np.arange(c.n_fft)[None, :]
         window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(c.n_fft) / c.n_fft)).astype(np.float32)
-        spectrum = jnp.fft.rfft(x[index] * window, axis=-1)
-        power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+        spectrum = jnp.fft.rfft(x[index] * window[None, :], axis=-1)
+        return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+
+    def _mono(self, x: jax.Array) -> jax.Array:
+        power = self.power_spectrogram(x)
         mel = jnp.matmul(power, self.filterbank(), precision=jax.lax.Precision.HIGHEST)
-        return jnp.log(jnp.maximum(mel, np.float32(c.floor)))
+        return jnp.log(jnp.maximum(mel, np.float32(self.config.floor)))
 
     def apply(self, element: dict[str, Any], key: jax.Array | None = None) -> dict[str, Any]:
         """Writes the log-mel spectrogram of ``element[config.field]`` to its output field.
