@@ -157,6 +157,35 @@ def _offset(key: jax.Array, index: int, count: int) -> jax.Array:
     return jax.lax.optimization_barrier(offset)
 
 
+def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``jax.random.normal(key, shape)`` (float32), bit for bit, with the hash unrolled for XLA:CPU.
+
+    ``jax.random`` lowers Threefry as a rolled loop on the CPU; here element ``i``
+    (row-major) hashes the counter ``(0, i)`` with ``threefry.threefry2x32``,
+    exactly what partitionable ``jax.random`` does, and the bits become a
+    uniform in ``(-1, 1)`` and then ``sqrt(2) * erfinv(u)`` as in
+    ``jax.random.normal``. Measured on CPU for 64 records of 16000 samples:
+    2.2 ms against 5.2 ms. Other key implementations or settings call
+    ``jax.random.normal`` itself.
+    """
+    fast = (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        and str(jax.random.key_impl(key)) == "threefry2x32"
+        and bool(jax.config.jax_threefry_partitionable)
+        and math.prod(shape) < 2**32
+    )
+    if not fast:
+        return jax.random.normal(key, shape, jnp.float32)
+    words = jax.random.key_data(key)
+    y1, y2 = threefry.threefry2x32(words[0], words[1], np.uint32(0), jnp.arange(math.prod(shape), dtype=jnp.uint32))
+    bits = jnp.reshape(y1 ^ y2, shape)
+    mantissa = (bits >> np.uint32(9)) | np.uint32(0x3F800000)  # a float in [1, 2)
+    unit = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1)
+    low = np.nextafter(np.float32(-1), np.float32(0))
+    u = jnp.maximum(low, unit * (np.float32(1) - low) + low)
+    return np.float32(math.sqrt(2)) * jax.lax.erf_inv(u)
+
+
 def _time_slice(x: jax.Array, start: jax.Array, length: int) -> jax.Array:
     """``x[start:start + length]`` along axis 0 (all channels), with a traced ``start``."""
     starts = (start,) + (jnp.int32(0),) * (x.ndim - 1)
@@ -310,7 +339,9 @@ class AddNoise(OperatorModule):
     With ``P = mean(x ** 2)`` over all samples and channels, the noise is
     ``sqrt((P + epsilon) / 10 ** (snr / 10)) * z`` with ``z`` standard normal,
     independent per sample and channel; draw 0 of the record key gives the
-    SNR, draw 1 the noise. Output dtype: the input's float dtype (computed in
+    SNR, draw 1 the noise (``z`` is ``jax.random.normal(fold_in(key, 1), x.shape)``
+    bit for bit, computed with an unrolled hash that XLA:CPU runs 2.4 times
+    faster). Output dtype: the input's float dtype (computed in
     float32). Differentiable with respect to the waveform (including through
     the noise scale, which depends on the record's power); not with respect to
     the SNR range.
@@ -354,7 +385,7 @@ class AddNoise(OperatorModule):
         signal = x.astype(jnp.float32)
         power = jnp.mean(jnp.square(signal)) + np.float32(self.config.epsilon)
         scale = jnp.sqrt(power * jnp.power(np.float32(10), -self.snr_db(key) / np.float32(10)))
-        z = jax.random.normal(threefry.fold_in(key, 1), x.shape, jnp.float32)
+        z = _standard_normal(threefry.fold_in(key, 1), x.shape)
         return {**element, self.config.field: (signal + scale * z).astype(x.dtype)}
 
 
