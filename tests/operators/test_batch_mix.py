@@ -20,7 +20,7 @@ from datarax.core.config import OperatorConfig
 from datarax.core.prng import node_key, pipeline_seed, record_keys
 from datarax.operators import CompositeOperator, CompositeOperatorConfig, ElementOperator, ElementOperatorConfig
 from datarax.operators.batch_mix import BatchMix, BatchMixConfig, valid_partners
-from datarax.sources import MemorySource, MemorySourceConfig
+from datarax.sources import MemorySource, MemorySourceConfig, NumpyFileSource, NumpyFileSourceConfig
 
 H, W, C = 4, 5, 2
 K = 3  # classes
@@ -394,7 +394,7 @@ def test_apply_batch_checks_its_batch():
         op.apply_batch(_batch(4))
     with pytest.raises(ValueError, match="got 3 keys for a batch of 4 rows"):
         op.apply_batch(_batch(4), _keys(3))
-    with pytest.raises(ValueError, match="leading size"):
+    with pytest.raises(ValueError, match="BatchMix: the batch's arrays must share a leading axis: .*leading size 3"):
         op.apply_batch({**_batch(4), "label": jnp.zeros(3, jnp.int32)}, _keys(4))
 
 
@@ -404,3 +404,55 @@ def test_the_base_class_must_be_subclassed():
 
     with pytest.raises(NotImplementedError, match="Plain must implement transform_batch"):
         Plain(OperatorConfig()).apply_batch({"x": jnp.zeros(2)})
+
+
+def test_a_dag_node_and_a_sharded_pipeline_mix_as_the_linear_one():
+    n, size = 20, 8  # the last batch has 4 valid rows
+    _, linear = _shuffled(n=n, size=size, epochs=1)
+    want = [_numpy(b) for b in linear]
+    source = MemorySource(MemorySourceConfig(), data=_data(n))
+    dag = Pipeline(
+        source=source,
+        nodes={"mix": _mix(mode="mixup", per_row=True)},
+        edges=[("source", "mix")],
+        sink="mix",
+        batch_size=size,
+        rngs=nnx.Rngs(3),
+        shuffle=True,
+    )
+    # a DAG node's key is named after the node ("mix"), a linear stage's after its stream ("mix"): the same
+    for got, ref in zip((_numpy(b) for b in dag), want, strict=True):
+        np.testing.assert_array_equal(got["image"], ref["image"])
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+    sharded = Pipeline(
+        source=MemorySource(MemorySourceConfig(), data=_data(n)),
+        stages=[_mix(mode="mixup", per_row=True)],
+        batch_size=size,
+        rngs=nnx.Rngs(3),
+        shuffle=True,
+        sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+    )
+    for got, ref in zip((_numpy(b) for b in sharded), want, strict=True):
+        np.testing.assert_allclose(got["image"], ref["image"], rtol=1e-6)
+        np.testing.assert_allclose(got["label"], ref["label"], rtol=1e-6)
+        np.testing.assert_array_equal(got[VALID_MASK], ref[VALID_MASK])
+
+
+def test_a_host_read_source_mixes_as_the_device_source(tmp_path):
+    n, size = 10, 4
+    _, device = _shuffled(n=n, size=size, epochs=1)
+    want = [_numpy(b) for b in device]
+    paths = {}
+    for name, array in _data(n).items():
+        paths[name] = str(tmp_path / f"{name}.npy")
+        np.save(paths[name], array)
+    host = Pipeline(
+        source=NumpyFileSource(NumpyFileSourceConfig(), paths=paths),
+        stages=[_mix(mode="mixup", per_row=True)],
+        batch_size=size,
+        rngs=nnx.Rngs(3),
+        shuffle=True,
+    )
+    for got, ref in zip((_numpy(b) for b in host), want, strict=True):
+        np.testing.assert_array_equal(got["image"], ref["image"])
+        np.testing.assert_array_equal(got["label"], ref["label"])

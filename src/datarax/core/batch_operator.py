@@ -153,7 +153,10 @@ class BatchOperator(OperatorModule):
         if not isinstance(batch, Mapping):
             raise TypeError(f"{type(self).__name__}: batch must be a dict of arrays, got {type(batch).__name__}")
         data = {k: v for k, v in batch.items() if k != VALID_MASK}
-        element_spec_of_batch(data)  # raises, naming the leaves, on a 0-d leaf or unequal batch sizes
+        try:
+            element_spec_of_batch(data)  # a 0-d leaf or unequal batch sizes: the message names the leaves
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}: the batch's arrays must share a leading axis: {error}") from error
         leaves = jax.tree.leaves(data)
         if not leaves:
             raise ValueError(f"{type(self).__name__}: the batch holds no arrays (keys: {sorted(batch)})")
