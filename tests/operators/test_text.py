@@ -28,6 +28,8 @@ from datarax.operators.text import (
     TokenDropoutConfig,
     TokenMasking,
     TokenMaskingConfig,
+    _k_smallest,
+    _selection_scores,
 )
 from datarax.sources import MemorySource, MemorySourceConfig
 
@@ -227,6 +229,27 @@ def test_masking_outcome_proportions():
     assert random_ids.min() >= 0 and random_ids.max() < VOCAB
     # Uniform on [0, VOCAB): mean (VOCAB - 1) / 2, standard deviation VOCAB / sqrt(12) per draw.
     assert abs(random_ids.mean() - (VOCAB - 1) / 2) < 5 * VOCAB / np.sqrt(12 * random_ids.size)
+
+
+def test_the_k_smallest_scores_match_a_sort():
+    """The bitwise selection against numpy's argsort, for every k from 0 to n, eligible or not."""
+    rng = np.random.default_rng(6)
+    length = 40
+    eligible = rng.random(length) < 0.7
+    scores = _selection_scores(jax.random.key(3), jnp.asarray(eligible))
+    values = np.asarray(scores)
+    assert len(set(values[eligible].tolist())) == eligible.sum()  # distinct
+    assert (values[~eligible] == 0xFFFFFFFF).all()
+    assert np.array_equal(values[eligible] % 64, np.flatnonzero(eligible))  # the position in the low bits
+    pick = jax.jit(_k_smallest)
+    order = np.flatnonzero(eligible)[np.argsort(values[eligible])]
+    for k in range(int(eligible.sum()) + 1):
+        chosen = np.asarray(pick(scores, jnp.int32(k))) & eligible
+        assert np.array_equal(np.flatnonzero(chosen), np.sort(order[:k]))
+    full = rng.integers(0, 2**32, 200, dtype=np.uint64).astype(np.uint32)
+    full = np.unique(full)
+    for k in [1, 50, len(full)]:
+        assert np.array_equal(np.asarray(pick(jnp.asarray(full), jnp.int32(k))), full <= np.sort(full)[k - 1])
 
 
 def test_masking_chooses_every_eligible_position_alike():
