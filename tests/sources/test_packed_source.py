@@ -216,7 +216,7 @@ def test_lengths_are_read_once_or_given():
 def test_the_worker_recipe_rebuilds_the_same_rows_without_reading_lengths():
     packed = _packed(length=11, seed=2)
     recipe = pickle.loads(pickle.dumps(packed.worker_recipe()))
-    assert np.array_equal(recipe[2]["lengths"], LENGTHS)
+    assert np.array_equal(np.asarray(recipe[2]["lengths"]), LENGTHS)
     rebuilt = from_recipe(recipe)
     assert isinstance(rebuilt, PackedSequenceSource) and rebuilt.source is not packed.source
     everything = np.arange(len(packed))
@@ -370,3 +370,22 @@ def test_packed_rows_with_token_masking_over_hf_datasets():
             assert chosen.sum() == max(1, int(np.floor((batch["segment_ids"][row] > 0).sum() * np.float32(0.25) + 0.5)))
             seen += 1
     assert seen == len(packed)
+
+
+def test_process_workers_rebuild_the_packed_source(tmp_path):
+    """Worker processes rebuild the source from its recipe (the saved dataset and the lengths): same stream."""
+    datasets = pytest.importorskip("datasets")
+    from datarax.sources import HFSource, HFSourceConfig
+
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("int32"))})
+    rows = {"tokens": [tokens_of(r, n).tolist() for r, n in enumerate(LENGTHS)]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path))
+    packed = PackedSequenceSource(
+        PackedSequenceSourceConfig(length=12, seed=1), source=HFSource(HFSourceConfig(), path=str(tmp_path))
+    )
+
+    def run(**kwargs):
+        pipeline = Pipeline(source=packed, batch_size=3, rngs=nnx.Rngs(4), shuffle=True, **kwargs)
+        return _collect(pipeline)
+
+    assert run(workers=2, worker_kind="process") == run(workers=0) == _collect(_pipeline(num_epochs=1))

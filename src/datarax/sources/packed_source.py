@@ -217,6 +217,23 @@ class _Packing:
         self.num_rows = num_rows
 
 
+class _RecordLengths:
+    """The lengths a ``worker_recipe`` carries: an array behind an opaque, picklable object.
+
+    A pipeline keeps the recipe as a static attribute, where NNX refuses arrays
+    (and would hash a tuple of a million ints); ``np.asarray`` reads it back.
+    """
+
+    def __init__(self, values: np.ndarray):
+        self.values = values
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 def _is_recipe(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) == 4 and isinstance(value[0], type)
 
@@ -421,7 +438,7 @@ class PackedSequenceSource(HostSourceModule):
 
     def worker_recipe(self) -> tuple[type, Any, dict[str, Any], str | None]:
         """``(PackedSequenceSource, config, {source recipe, lengths}, name)``: a worker skips the reading pass."""
-        arguments = {"source": self.source.worker_recipe(), "lengths": self._packing.lengths}
+        arguments = {"source": self.source.worker_recipe(), "lengths": _RecordLengths(self._packing.lengths)}
         return type(self), self.config, arguments, self.name
 
     def close(self) -> None:
