@@ -16,6 +16,7 @@ from flax import nnx
 
 from datarax import Pipeline
 from datarax.core.batch_form import VALID_MASK
+from datarax.core.operator import OperatorModule
 from datarax.operators.element import ElementOperator, ElementOperatorConfig
 from datarax.operators.image import RandomFlip
 from datarax.operators.image_color import (
@@ -262,3 +263,15 @@ def test_pipeline_gives_a_record_the_same_augmentation_whatever_the_batch_size()
         assert small[label].dtype == np.uint8
         np.testing.assert_array_equal(small[label], large[label])
     assert sum(not np.array_equal(small[i], images[i]) for i in small) > 12  # most records were changed
+
+
+def test_apply_batch_runs_rows_one_at_a_time_with_the_vmapped_results():
+    images = np.random.default_rng(4).uniform(0, 1, (6, 8, 8, 3)).astype(np.float32)
+    keys = jax.random.split(KEY, 6)
+    op = RandAugment(RandAugmentConfig(num_ops=2), rand_augment_operators(8))
+    mapped_fn = jax.jit(lambda b, k: op.apply_batch(b, k, count=False))
+    mapped = mapped_fn({"image": images}, keys)
+    vmapped = jax.jit(lambda b, k: OperatorModule.apply_batch(op, b, k, count=False))({"image": images}, keys)
+    np.testing.assert_allclose(mapped["image"], vmapped["image"], atol=1e-5)  # float32 rounding only
+    # each row's choice is a real conditional (only the chosen operator runs), not a select over all
+    assert "conditional" in mapped_fn.lower({"image": images}, keys).compile().as_text()
