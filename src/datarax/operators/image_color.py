@@ -157,8 +157,10 @@ def _luma(x: jax.Array) -> jax.Array:
     """ITU-R 601 luma ``(H, W, 1)`` of an ``(H, W, 3)`` image; a one-channel image is its own luma."""
     if x.shape[-1] == 1:
         return x
-    weights = jnp.asarray(LUMA_WEIGHTS, dtype=x.dtype).reshape(1, 1, 3)
-    return jnp.sum(x * weights, axis=-1, keepdims=True)
+    # Three slices rather than a reduction over the 3-wide minor axis, which XLA:CPU runs slowly
+    # (measured on 128 x 32 x 32 x 3 uint8: Grayscale 1.9 -> 0.4 ms, RandomSaturation 2.8 -> 0.2 ms).
+    r, g, b = (x[..., i : i + 1] * np.float32(w) for i, w in enumerate(LUMA_WEIGHTS))
+    return r + g + b
 
 
 def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
@@ -498,7 +500,10 @@ class RandomContrast(_JitterOperator):
     channels = (1, 3)
 
     def _adjust(self, x, strength):
-        mean = jnp.mean(_luma(x))
+        if x.shape[-1] == 1:
+            mean = jnp.mean(x)
+        else:  # one reduction over all axes (measured faster here than the sliced _luma)
+            mean = jnp.mean(jnp.sum(x * jnp.asarray(LUMA_WEIGHTS, x.dtype).reshape(1, 1, 3), axis=-1))
         return _blend(x, mean, _factor(strength))
 
 
