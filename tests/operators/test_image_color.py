@@ -570,3 +570,17 @@ def test_pipeline_gives_a_record_the_same_augmentation_whatever_the_batch_size()
     for label in small:
         assert small[label].dtype == np.float32 and small[label].shape == (6, 7, 3)
         np.testing.assert_allclose(small[label], large[label], atol=1e-5)
+
+
+@pytest.mark.parametrize("make", STOCHASTIC + DETERMINISTIC, ids=lambda f: type(f()).__name__)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.uint8])
+def test_output_spec_keeps_the_dtype_and_shape(make, dtype):
+    op = make()
+    spec = op.output_spec(
+        {"image": jax.ShapeDtypeStruct((6, 7, 3), dtype), "label": jax.ShapeDtypeStruct((), jnp.int32)}
+    )
+    want = jnp.float32 if isinstance(op, Normalize) else dtype
+    assert spec["image"] == jax.ShapeDtypeStruct((6, 7, 3), want)
+    assert spec["label"] == jax.ShapeDtypeStruct((), jnp.int32)
+    out = op.apply({"image": jnp.full((6, 7, 3), 0.5, dtype), "label": jnp.int32(0)}, KEY if op.stochastic else None)
+    assert out["image"].dtype == want
