@@ -26,14 +26,31 @@ to the edge does for plain bilinear). A crop-and-resize never cuts the crop
 out first: its taps are confined to the window, which equals resizing the
 cut-out crop.
 
-The tap vectors are then turned into two small resampling matrices, ``(out_h,
-H)`` and ``(out_w, W)``, applied with two matmuls (``precision=HIGHEST``),
-rather than read with two gathers. Measured on XLA:CPU (``vmap`` over 128
-float32 images, 2 cores): the gathers took 57-74 ms for 32x32 to 64x64 and
-64x64 to 32x32 (antialiased), 560 ms for 128x128 to 56x56; the matmuls 1.4,
-1.6 and 17 ms; ``jax.image.resize`` (whose weights are the same, within
-2.4e-7) 1.8, 2.3 and 22 ms. ``RandomResizedCrop`` (64x64 to 32x32) went from
-26 ms to 2.7 ms. Nearest and the crops stay gathers (exact for every dtype).
+The taps are read with 0/1 selection matmuls (``precision=HIGHEST``): each
+matmul output is one input pixel copied exactly, whatever order the matmul
+kernel sums in, and the taps are then weighed elementwise in a fixed order.
+Measured on XLA:CPU (``vmap`` over 128 float32 images, 2 shared cores):
+
+===========================  =======  ============  ========  ================
+resize                       gathers  dense matmul  selected  jax.image.resize
+===========================  =======  ============  ========  ================
+32x32 to 64x64               57 ms    1.4 ms        4.1 ms    2.8 ms
+64x64 to 32x32, antialias    74 ms    1.6 ms        8.8 ms    3.9 ms
+64x64 to 32x32, plain        28 ms    1.6 ms        4.8 ms    3.8 ms
+128x128 to 56x56, antialias  560 ms   17 ms         95 ms     32 ms
+===========================  =======  ============  ========  ================
+
+Gathers (two ``take`` with the tap vectors) are the slowest by far on XLA:CPU.
+One dense weighted matmul per axis (the weights folded into an ``(out, in)``
+matrix, as ``jax.image.resize`` does, same weights within 2.4e-7) is the
+fastest, but its float result changed in the last bit with the kernel XLA
+chose: a record resized in a batch of 1 differed from the same record in a
+batch of 64 (uint8 outputs by one level at rounding ties), which breaks the
+promise that a record's augmentation does not depend on the batch size. The
+selection matmuls keep that promise (tested for batch sizes 1 to 64) at 2 to
+5 times the dense cost. Nearest and the crops are gathers (exact for every
+dtype). Pixels must be finite: a NaN or inf multiplied by a 0 of the
+selection spreads along its row or column.
 
 **Draws.** Each random scalar of a record (a crop offset, an area, an aspect
 ratio, an angle) is ``threefry.uniform(threefry.fold_in(key, i))`` for a fixed
@@ -244,15 +261,27 @@ def _taps(
     weights = jnp.maximum(np.float32(0), 1 - jnp.abs((taps + np.float32(0.5) - center[:, None]) / support))
     inside = (taps >= start) & (taps < start + length)
     weights = jnp.where(inside, weights, np.float32(0))
-    weights = weights / jnp.sum(weights, axis=1, keepdims=True)
+    # Summed tap by tap: a reduction's order is XLA's to choose and may change with the
+    # batch size, which would change a record's float result with the batch it is in.
+    total = functools.reduce(jnp.add, [weights[:, k] for k in range(count)])
+    weights = weights / total[:, None]
     index = jnp.clip(taps.astype(jnp.int32), first_index, last_index)
     return index, weights
 
 
-def _matrix(index: jax.Array, weights: jax.Array, in_size: int) -> jax.Array:
-    """The ``(out, in_size)`` resampling matrix of ``(out, taps)`` index and weight vectors."""
-    one_hot = index[:, :, None] == jnp.arange(in_size, dtype=jnp.int32)[None, None, :]
-    return jnp.sum(jnp.where(one_hot, weights[:, :, None], np.float32(0)), axis=1)
+def _select(index: jax.Array, in_size: int) -> jax.Array:
+    """The ``(out * taps, in_size)`` 0/1 matrix whose row ``o * taps + k`` picks input ``index[o, k]``."""
+    return (index.reshape(-1)[:, None] == jnp.arange(in_size, dtype=jnp.int32)[None, :]).astype(jnp.float32)
+
+
+def _weigh(values: jax.Array, weights: jax.Array, axis: int) -> jax.Array:
+    """``sum_k weights[o, k] * values[..., o, k, ...]`` over the taps axis ``axis + 1``, tap by tap in order."""
+    count = weights.shape[1]
+    shape = [1] * values.ndim
+    shape[axis] = weights.shape[0]
+    del shape[axis + 1]
+    terms = [jnp.take(values, k, axis=axis + 1) * weights[:, k].reshape(shape) for k in range(count)]
+    return functools.reduce(jnp.add, terms)
 
 
 def _resample(
@@ -265,10 +294,13 @@ def _resample(
 ) -> jax.Array:
     """Resamples ``image[top:top + h, left:left + w]`` (``window = (top, left, h, w)``) to ``size``.
 
-    Bilinear: the per-output tap vectors become two small resampling matrices
-    (rows ``(out_h, H)``, columns ``(out_w, W)``) applied with two matmuls, the
-    cheaper order first; integer images are rounded back to their dtype.
-    Nearest reads the pixels themselves with two gathers (exact for every dtype).
+    Bilinear reads every tap with a 0/1 selection matmul (each output of the
+    matmul is one input pixel, copied exactly whatever order the matmul kernel
+    sums in), then weighs the taps elementwise in a fixed order; rows, then
+    columns (or the reverse, whichever is cheaper). So a record's result does
+    not depend on the kernel XLA picks for its batch size. Integer images are
+    rounded back to their dtype. Nearest reads the pixels with two gathers
+    (exact for every dtype).
     """
     height, width = image.shape[:2]
     out_h, out_w = size
@@ -277,14 +309,23 @@ def _resample(
     cols, col_w = _taps(out_w, left, w, method=method, antialias=antialias, max_scale=width / out_w)
     if method == "nearest":
         return jnp.take(jnp.take(image, rows[:, 0], axis=0, mode="clip"), cols[:, 0], axis=1, mode="clip")
-    row_matrix, col_matrix = _matrix(rows, row_w, height), _matrix(cols, col_w, width)
-    values = _as_float(image)
-    # HIGHEST: a TPU or GPU would otherwise multiply float32 in bfloat16 or TF32.
+    # HIGHEST: a TPU or GPU would otherwise multiply float32 in bfloat16 or TF32 (not exact copies).
     matmul = functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)
-    if out_h * width * (height + out_w) <= out_w * height * (width + out_h):
-        values = matmul("oh,pw,hwc->opc", row_matrix, col_matrix, values, optimize=[(0, 2), (0, 1)])
+    row_taps, col_taps = rows.shape[1], cols.shape[1]
+
+    def by_rows(values: jax.Array) -> jax.Array:
+        picked = matmul("rh,hwc->rwc", _select(rows, values.shape[0]), values)
+        return _weigh(picked.reshape(out_h, row_taps, *picked.shape[1:]), row_w, axis=0)
+
+    def by_cols(values: jax.Array) -> jax.Array:
+        picked = matmul("rw,hwc->hrc", _select(cols, values.shape[1]), values)
+        return _weigh(picked.reshape(picked.shape[0], out_w, col_taps, picked.shape[2]), col_w, axis=1)
+
+    values = _as_float(image)
+    if out_h * row_taps * width * (height + out_w * col_taps) <= out_w * col_taps * height * (width + out_h * row_taps):
+        values = by_cols(by_rows(values))
     else:
-        values = matmul("oh,pw,hwc->opc", row_matrix, col_matrix, values, optimize=[(1, 2), (0, 1)])
+        values = by_rows(by_cols(values))
     return _restore(values, image.dtype)
 
 
