@@ -32,6 +32,8 @@ from datarax.operators.image_geometry import (
     RandomResizedCropConfig,
     RandomRotation,
     RandomRotationConfig,
+    RandomTranslate,
+    RandomTranslateConfig,
     Resize,
     ResizeConfig,
 )
@@ -130,7 +132,7 @@ def test_size_is_stored_as_a_pair(config_cls):
     hash(config)
 
 
-@pytest.mark.parametrize("config_cls", [*SIZED, RandomRotationConfig], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("config_cls", [*SIZED, RandomRotationConfig, RandomTranslateConfig], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("field", ["", None, 3, ("image",)], ids=repr)
 def test_field_must_be_a_non_empty_string(config_cls, field):
     with pytest.raises(ValueError, match=rf"{config_cls.__name__}: field must be a non-empty string.*got "):
@@ -223,6 +225,7 @@ def test_rotation_config_accepts_one_number_and_a_fixed_angle():
         (Resize, None),
         (RandomResizedCrop, RandomCropConfig()),
         (RandomRotation, {"degrees": 3}),
+        (RandomTranslate, RandomRotationConfig()),
     ],
 )
 def test_wrong_config_type_is_type_error(op_cls, config):
@@ -489,12 +492,51 @@ def test_rotation_rejects_a_fill_outside_the_dtype():
         op.apply({"image": np.zeros((4, 4, 1))})
 
 
+# --- RandomTranslate -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"translate": (0.5, 1.5)}, r"translate must be a pair \(a, b\) of numbers in \[0, 1\], got \(0.5, 1.5\)"),
+        ({"translate": 0.1}, r"translate must be a pair .*got 0.1"),
+        ({"translate": (-0.1, 0)}, r"translate must be a pair .*got \(-0.1, 0\)"),
+        ({"fill": float("inf")}, r"fill must be a finite number, got inf"),
+        ({"stochastic": False}, r"stochastic=False is not allowed: the shift is drawn per record"),
+    ],
+)
+def test_translate_config_rejects(kwargs, expected):
+    with pytest.raises(ValueError, match="RandomTranslateConfig: " + expected):
+        RandomTranslateConfig(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_translate_shifts_by_torchvisions_rounded_draw(dtype):
+    height, width, (a, b) = 9, 12, (0.3, 0.5)
+    image = _uint8_image(height, width).astype(dtype)
+    op = RandomTranslate(RandomTranslateConfig(translate=(a, b), fill=9))
+    shifts = set()
+    for key in _keys(30, seed=6):
+        dx = round(-a * width + 2 * a * width * _uniform(key, 0))
+        dy = round(-b * height + 2 * b * height * _uniform(key, 1))
+        want = np.full_like(image, 9)
+        src = image[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)]
+        want[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+        out = np.asarray(op.apply({"image": image}, key)["image"])
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out, want)
+        assert abs(dx) <= round(a * width) and abs(dy) <= round(b * height)
+        shifts.add((dy, dx))
+    assert len(shifts) > 10
+
+
 # --- transformations: jit, vmap, gradients, specs ------------------------------------------------
 
 STOCHASTIC = [
     RandomCrop(RandomCropConfig(size=(6, 7), padding=2)),
     RandomResizedCrop(RandomResizedCropConfig(size=(5, 9), antialias=True)),
     RandomRotation(RandomRotationConfig(degrees=45, fill=0.5)),
+    RandomTranslate(RandomTranslateConfig(translate=(0.3, 0.3), fill=1)),
 ]
 DETERMINISTIC = [
     CenterCrop(CenterCropConfig(size=(4, 5))),
@@ -566,6 +608,7 @@ def _augmented_by_label(images, batch_size, seed=5):
     stages = [
         RandomCrop(RandomCropConfig(size=(12, 14), padding=2, padding_mode="reflect")),
         RandomRotation(RandomRotationConfig(degrees=20)),
+        RandomTranslate(RandomTranslateConfig(translate=(0.2, 0.2))),
         RandomResizedCrop(RandomResizedCropConfig(size=(10, 10), scale=(0.3, 1.0))),
         Resize(ResizeConfig(size=(9, 9))),
         CenterCrop(CenterCropConfig(size=8)),
