@@ -251,8 +251,9 @@ def test_random_crop_equals_numpy_pad_then_slice(mode, np_kwargs, dtype):
     op = RandomCrop(RandomCropConfig(size=size, padding=pad, padding_mode=mode, fill=7))
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), **np_kwargs)
     offsets = set()
-    for key in _keys(40):
-        out = np.asarray(op.apply({"image": image, "label": 1}, key)["image"])
+    keys = _keys(40)
+    batch = np.asarray(jax.jit(jax.vmap(lambda k: op.apply({"image": image, "label": 1}, k)["image"]))(keys))
+    for key, out in zip(keys, batch, strict=True):
         # The offsets are floor(u * number of positions) of jax.random's uniforms 0 and 1.
         top = int(_uniform(key, 0) * (height + 2 * pad - size[0] + 1))
         left = int(_uniform(key, 1) * (width + 2 * pad - size[1] + 1))

@@ -33,23 +33,24 @@ matmul output is one input pixel copied exactly, whatever order the matmul
 kernel sums in, and the taps are then weighed elementwise in a fixed order.
 Measured on XLA:CPU (``vmap`` over 128 float32 images, 2 shared cores):
 
-===========================  =======  ============  ========  ================
-resize                       gathers  dense matmul  selected  jax.image.resize
-===========================  =======  ============  ========  ================
-32x32 to 64x64               57 ms    1.4 ms        4.1 ms    2.8 ms
-64x64 to 32x32, antialias    74 ms    1.6 ms        8.8 ms    3.9 ms
-64x64 to 32x32, plain        28 ms    1.6 ms        4.8 ms    3.8 ms
-128x128 to 56x56, antialias  560 ms   17 ms         95 ms     32 ms
-===========================  =======  ============  ========  ================
+===========================  =======  ============  =========  ================
+resize                       gathers  dense matmul  selection  jax.image.resize
+===========================  =======  ============  =========  ================
+32x32 to 64x64               57 ms    1.4 ms        4.1 ms     2.8 ms
+64x64 to 32x32, antialias    74 ms    1.6 ms        8.8 ms     3.9 ms
+64x64 to 32x32, plain        28 ms    1.6 ms        4.8 ms     3.8 ms
+128x128 to 56x56, antialias  560 ms   17 ms         95 ms      32 ms
+===========================  =======  ============  =========  ================
 
 Gathers (two ``take`` with the tap vectors) are the slowest by far on XLA:CPU.
 One dense weighted matmul per axis (the weights folded into an ``(out, in)``
 matrix, as ``jax.image.resize`` does, same weights within 2.4e-7) is the
 fastest, but its float result changed in the last bit with the kernel XLA
 chose: a record resized in a batch of 1 differed from the same record in a
-batch of 64 (uint8 outputs by one level at rounding ties), which breaks the
+batch of 64 (uint8 outputs by one level at rounding ties; ``jax.image.resize``
+too, in 1340 of 8640 values for 8x10 to 5x9), which breaks the
 promise that a record's augmentation does not depend on the batch size. The
-selection matmuls keep that promise (tested for batch sizes 1 to 64) at 2 to
+selection matmuls (used here) keep that promise (tested for batch sizes 1 to 64) at 2 to
 5 times the dense cost. Nearest and the crops are gathers (exact for every
 dtype). Pixels must be finite: a NaN or inf multiplied by a 0 of the
 selection spreads along its row or column.
@@ -63,8 +64,9 @@ hashes once per record instead of fusing them into every pixel.
 **Dtypes.** The output has the input's dtype. Float images are resampled in
 float32 (float16/bfloat16 are converted back after); integer images (uint8 in
 0..255 usually) are resampled in float32, rounded to the nearest integer
-(half to even) and clipped to the dtype's range. Crops of any dtype are exact
-copies. Float images may hold any range (``[0, 1]`` or ``[0, 255]`` alike).
+(half to even) and clipped to the dtype's range (exact for magnitudes below
+2**24, as float32 holds them). Crops of any dtype are exact copies. Float
+images may hold any range (``[0, 1]`` or ``[0, 255]`` alike).
 
 **Gradients.** Every operator is linear in the image for a fixed draw, so
 ``jax.grad`` flows through float images (the crops, bilinear resizes and
@@ -215,7 +217,7 @@ def _restore(values: jax.Array, dtype: Any) -> jax.Array:
 
 def _barrier(*values: Any) -> Any:
     # Per-record scalars from the key: without the barrier XLA fuses their hash
-    # into the gathers' index computations and recomputes it per pixel.
+    # into the index computations and recomputes it per pixel.
     return jax.lax.optimization_barrier(values)
 
 
@@ -587,9 +589,10 @@ class Resize(OperatorModule):
     factor. Nearest reads input pixel ``floor((i + 0.5) * in / out)`` in exact
     integer arithmetic: PIL's ``Image.NEAREST`` except at exact ties, where
     PIL's accumulated float rounding sometimes picks the pixel before (10 to 25
-    columns: output 7, ``7.5 * 0.4 = 3``, PIL reads 2). Bilinear is two
-    matmuls with static matrices, nearest two gathers (see the module docstring). Bilinear is differentiable w.r.t. a
-    float image; nearest is a gather (its gradient routes to the chosen pixels).
+    columns: output 7, ``7.5 * 0.4 = 3``, PIL reads 2). Bilinear reads its taps
+    with selection matmuls, nearest with two gathers (see the module
+    docstring). Bilinear is differentiable w.r.t. a float image; nearest is a
+    gather (its gradient routes to the chosen pixels).
 
     Args:
         config: A ``ResizeConfig``.
