@@ -59,6 +59,16 @@ def _keys(n, seed=0):
     return jax.random.split(jax.random.key(seed), n)
 
 
+def _draws(keys, index=0):
+    """``_u`` for many keys at once (jax.random, vmapped)."""
+    return np.asarray(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, index)))(keys), np.float64)
+
+
+def _per_key(op, x, keys):
+    """``op.apply({"audio": x}, key)["audio"]`` for each key (one jitted vmap, as the pipeline runs it)."""
+    return np.asarray(jax.jit(jax.vmap(lambda k: op.apply({"audio": x}, k)["audio"]))(keys))
+
+
 # --- configs -------------------------------------------------------------------------------------
 
 CONFIGS = [
@@ -257,14 +267,14 @@ def test_computing_operators_refuse_integer_audio(make):
 def test_gain_is_ten_to_the_drawn_db_over_twenty(channels):
     x = _wave(1000, channels)
     op = RandomGain(RandomGainConfig(min_gain_db=-12.0, max_gain_db=6.0))
-    gains = []
-    for key in _keys(200):
-        g = -12.0 + 18.0 * _u(key, 0)
-        gains.append(g)
-        out = np.asarray(op.apply({"audio": x, "label": 3}, key)["audio"])
+    keys = _keys(200)
+    gains = -12.0 + 18.0 * _draws(keys)
+    out = _per_key(op, x, keys)
+    for i in range(len(keys)):
         # float32 product against a float64 reference: 1e-6 relative.
-        np.testing.assert_allclose(out, x * 10 ** (g / 20), rtol=1e-6, atol=1e-9)
-        assert abs(float(op.gain_db(key)) - g) < 1e-5
+        np.testing.assert_allclose(out[i], x * 10 ** (gains[i] / 20), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(jax.vmap(op.gain_db)(keys), gains, atol=1e-5)
+    assert op.apply({"audio": x, "label": 3}, keys[0])["label"] == 3
     gains = np.array(gains)
     assert gains.min() >= -12.0 and gains.max() < 6.0
     assert abs(gains.mean() - (-3.0)) < 5 * 18 / math.sqrt(12 * 200)  # uniform mean, 5 sigma
@@ -365,14 +375,14 @@ def test_crop_is_the_slice_at_the_drawn_start(channels):
     t, length = 50, 20
     x = _wave(t, channels)
     op = RandomTimeCrop(RandomTimeCropConfig(length=length))
-    starts = []
-    for key in _keys(300, seed=2):
-        start = min(int(math.floor(_u(key, 0) * (t - length + 1))), t - length)
-        out = np.asarray(op.apply({"audio": x}, key)["audio"])
-        np.testing.assert_array_equal(out, x[start : start + length])
-        assert int(op.start(key, t)) == start
-        starts.append(start)
-    assert set(starts) == set(range(t - length + 1))  # 31 offsets, 300 draws: every one appears
+    keys = _keys(300, seed=2)
+    starts = np.minimum(np.floor(_draws(keys) * (t - length + 1)).astype(int), t - length)
+    out = _per_key(op, x, keys)
+    for i, start in enumerate(starts):
+        np.testing.assert_array_equal(out[i], x[start : start + length])
+    np.testing.assert_array_equal(jax.vmap(lambda k: op.start(k, t))(keys), starts)
+    np.testing.assert_array_equal(op.apply({"audio": x}, keys[0])["audio"], out[0])  # eager equals the vmap
+    assert set(starts.tolist()) == set(range(t - length + 1))  # 31 offsets, 300 draws: every one appears
 
 
 def test_crop_offsets_are_uniform():
@@ -431,23 +441,27 @@ def test_shift_matches_numpy(mode, channels):
     t, n = 30, 7
     x = _wave(t, channels)
     op = RandomTimeShift(RandomTimeShiftConfig(max_shift=n, mode=mode))
-    shifts = []
-    for key in _keys(200, seed=6):
-        s = min(int(math.floor(_u(key, 0) * (2 * n + 1))), 2 * n) - n
-        assert int(op.shift(key)) == s
-        np.testing.assert_array_equal(op.apply({"audio": x}, key)["audio"], _shifted(x, s, mode))
-        shifts.append(s)
-    assert set(shifts) == set(range(-n, n + 1))
+    keys = _keys(200, seed=6)
+    shifts = np.minimum(np.floor(_draws(keys) * (2 * n + 1)).astype(int), 2 * n) - n
+    np.testing.assert_array_equal(jax.vmap(op.shift)(keys), shifts)
+    out = _per_key(op, x, keys)
+    for i, s in enumerate(shifts):
+        np.testing.assert_array_equal(out[i], _shifted(x, int(s), mode))
+    np.testing.assert_array_equal(op.apply({"audio": x}, keys[0])["audio"], out[0])  # eager equals the vmap
+    assert set(shifts.tolist()) == set(range(-n, n + 1))
 
 
 def test_shift_larger_than_the_audio_and_zero_shift():
     x = np.arange(1, 5, dtype=np.int32)
     op = RandomTimeShift(RandomTimeShiftConfig(max_shift=10, mode="zeros"))
     roll = RandomTimeShift(RandomTimeShiftConfig(max_shift=10, mode="roll"))
-    for key in _keys(100, seed=10):
-        s = int(op.shift(key))
-        np.testing.assert_array_equal(op.apply({"audio": x}, key)["audio"], _shifted(x, max(-4, min(4, s)), "zeros"))
-        np.testing.assert_array_equal(roll.apply({"audio": x}, key)["audio"], np.roll(x, s))
+    keys = _keys(100, seed=10)
+    shifts = np.asarray(jax.vmap(op.shift)(keys))
+    assert shifts.min() < -4 and shifts.max() > 4
+    zeros, rolled = _per_key(op, x, keys), _per_key(roll, x, keys)
+    for i, s in enumerate(shifts.tolist()):
+        np.testing.assert_array_equal(zeros[i], _shifted(x, max(-4, min(4, s)), "zeros"))
+        np.testing.assert_array_equal(rolled[i], np.roll(x, s))
     still = RandomTimeShift(RandomTimeShiftConfig(max_shift=0))
     np.testing.assert_array_equal(still.apply({"audio": x}, jax.random.key(0))["audio"], x)
 
