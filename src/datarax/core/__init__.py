@@ -1,5 +1,6 @@
 """datarax core: the contracts every component follows."""
 
+from datarax.core.batch_operator import BatchOperator
 from datarax.core.batcher import BatcherModule
 from datarax.core.config import DataraxModuleConfig, OperatorConfig, StructuralConfig
 from datarax.core.data_source import DataSourceModule, LocalFilesOnlyMixin
@@ -13,6 +14,7 @@ from datarax.core.structural import StructuralModule
 
 __all__ = [
     "Batch",
+    "BatchOperator",
     "BatcherModule",
     "CheckpointableIteratorModule",
     "DataSourceModule",

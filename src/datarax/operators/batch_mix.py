@@ -162,6 +162,13 @@ class MixDraw(NamedTuple):
             (an empty box for unmixed rows); None for mixup.
         weight: float32 ``(B,)``: the weight of a row's own label (``lam`` for mixup,
             ``1 - box area / (H * W)`` for cutmix; 1 for unmixed rows).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> mix = BatchMix(BatchMixConfig(mode="cutmix", alpha=1.0))
+        >>> drawn = mix.draw(jax.random.key(0), jnp.array([True, True, True, False]), image_hw=(8, 8))
+        >>> drawn.box.shape, int(drawn.partner[3]), bool(drawn.mixed[3])  # padding: its own partner
+        ((4, 4), 3, False)
     """
 
     mixed: jax.Array

@@ -15,6 +15,10 @@
   buffer whose record positions are part of the iterator state):
   ``IterableSource`` (a generator function) and ``HFStreamingSource`` (a
   Hugging Face ``IterableDataset``; the ``hf`` extra).
+* ``PackedSequenceSource``: variable-length token sequences from another host
+  source packed first-fit into fixed-length rows, with ``segment_ids`` and
+  ``positions``; the packing is fixed at construction, so epochs and resume
+  stay exact.
 * ``MixSource``: several host sources mixed by weight; which source and
   record an index reads is a pure function of (seed, index), and each source
   is visited in exact epochs of its own.
@@ -30,6 +34,7 @@ from datarax.sources.iterable_source import IterableSource, IterableSourceConfig
 from datarax.sources.memory_source import MemorySource, MemorySourceConfig
 from datarax.sources.mix_source import MixSource, MixSourceConfig
 from datarax.sources.numpy_file_source import NumpyFileSource, NumpyFileSourceConfig
+from datarax.sources.packed_source import PackedSequenceSource, PackedSequenceSourceConfig, first_fit
 from datarax.sources.parquet_source import ParquetSource, ParquetSourceConfig
 from datarax.sources.record_format import decode_record, encode_record, write_array_record
 from datarax.sources.tfds_source import TFDSSource, TFDSSourceConfig
@@ -51,11 +56,14 @@ __all__ = [
     "MixSourceConfig",
     "NumpyFileSource",
     "NumpyFileSourceConfig",
+    "PackedSequenceSource",
+    "PackedSequenceSourceConfig",
     "ParquetSource",
     "ParquetSourceConfig",
     "TFDSSource",
     "TFDSSourceConfig",
     "decode_record",
     "encode_record",
+    "first_fit",
     "write_array_record",
 ]
