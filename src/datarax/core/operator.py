@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from flax.errors import TraceContextError
 
 from datarax.core.batch_form import VALID_MASK
 from datarax.core.config import OperatorConfig
+from datarax.core.fusion import materialize
 from datarax.core.module import DataraxModule, check_stream_available
 from datarax.core.prng import record_keys, stream_root_key
 
@@ -57,6 +58,11 @@ class OperatorModule(DataraxModule):
         TypeError: If ``config`` is not an ``OperatorConfig``.
         ValueError: If ``rngs`` is given to a stochastic operator but lacks its stream.
     """
+
+    # True for an operator whose output values each read several input values (a mean, the
+    # other channels, neighbours): ``apply_batch`` then makes its input batch a fusion boundary
+    # (``datarax.core.fusion.materialize``) so XLA computes the operators before it once.
+    materializes_input: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -171,6 +177,8 @@ class OperatorModule(DataraxModule):
             ValueError: If the operator is stochastic and ``keys`` is None.
         """
         data = {k: v for k, v in batch.items() if k != VALID_MASK}
+        if self.materializes_input:
+            data = materialize(data)
         if self.stochastic:
             if keys is None:
                 raise ValueError(f"{type(self).__name__} is stochastic: apply_batch needs per-row keys")

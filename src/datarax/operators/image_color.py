@@ -496,14 +496,20 @@ class RandomContrast(_JitterOperator):
         [0.25, 0.75]
     """
 
+    materializes_input = True  # reads a mean / the other channels / neighbours
     config_cls = RandomContrastConfig
     channels = (1, 3)
 
     def _adjust(self, x, strength):
         if x.shape[-1] == 1:
             mean = jnp.mean(x)
-        else:  # one reduction over all axes (measured faster here than the sliced _luma)
-            mean = jnp.mean(jnp.sum(x * jnp.asarray(LUMA_WEIGHTS, x.dtype).reshape(1, 1, 3), axis=-1))
+        else:
+            # One flat reduction of the pixels times the weights tiled to the same length: XLA:CPU
+            # reduces a flat axis fastest (128 x 32 x 32 x 3 float32: 0.07 ms, against 0.17 ms summing
+            # the 3-wide channel axis first and 1.0 ms for the sliced _luma).
+            height, width = x.shape[0], x.shape[1]
+            weights = jnp.tile(jnp.asarray(LUMA_WEIGHTS, x.dtype), height * width)
+            mean = jnp.sum(x.reshape(-1) * weights) / np.float32(height * width)
         return _blend(x, mean, _factor(strength))
 
 
@@ -544,6 +550,7 @@ class RandomSaturation(_JitterOperator):
         [0.299, 0.299, 0.299]
     """
 
+    materializes_input = True  # reads a mean / the other channels / neighbours
     config_cls = RandomSaturationConfig
     channels = (3,)
 
@@ -593,6 +600,7 @@ class RandomHue(_JitterOperator):
         [0.0, 1.0, 0.0]
     """
 
+    materializes_input = True  # reads a mean / the other channels / neighbours
     config_cls = RandomHueConfig
     channels = (3,)
 
@@ -653,6 +661,7 @@ class Grayscale(_ImageOperator):
         [[[76]]]
     """
 
+    materializes_input = True  # reads a mean / the other channels / neighbours
     channels = (3,)
 
     def __init__(self, config: GrayscaleConfig, *, rngs: nnx.Rngs | None = None, name: str | None = None):
@@ -807,6 +816,7 @@ class GaussianBlur(_ImageOperator):
         [0.444, 0.5, 0.556]
     """
 
+    materializes_input = True  # reads a mean / the other channels / neighbours
     def __init__(self, config: GaussianBlurConfig, *, rngs: nnx.Rngs | None = None, name: str | None = None):
         require_config(self, config, GaussianBlurConfig)
         super().__init__(config, rngs=rngs, name=name)

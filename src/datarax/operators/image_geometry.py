@@ -384,23 +384,18 @@ class RandomCropConfig(OperatorConfig):
         _check_field(name, self.field)
 
 
-def _padded_index(index: jax.Array, size: int, mode: str) -> jax.Array:
-    """Where padded coordinate ``index`` (already shifted by the padding) reads in ``[0, size)``."""
-    if mode == "reflect":
-        index = jnp.abs(index)
-        return jnp.where(index > size - 1, 2 * (size - 1) - index, index)
-    return jnp.clip(index, 0, size - 1)
-
-
 class RandomCrop(OperatorModule):
     """Crops ``config.size`` at a random offset of ``config.field`` padded by ``config.padding``.
 
     The offsets are uniform over every window of the padded image: top
     ``floor(u0 * (H + 2p - h + 1))`` and left likewise with ``u1``, where ``u_i``
-    is ``threefry.uniform(threefry.fold_in(key, i))``. The padded image is never
-    built: the crop's rows and columns are mapped back into the image (or
-    marked as padding) and read with two gathers. Exact for every dtype;
-    differentiable w.r.t. a float image (not w.r.t. the offset).
+    is ``threefry.uniform(threefry.fold_in(key, i))``. The image is padded
+    (``jnp.pad``) and the window cut with one ``dynamic_slice``, and the
+    operator's input is materialised first (``materializes_input``): on
+    XLA:CPU that measured fastest inside a chain (the CIFAR chain's operators
+    0.73 -> 0.40 ms per 128 x 32 x 32 x 3 batch, against two index gathers
+    with the padding masked). Exact for every dtype; differentiable w.r.t. a
+    float image (not w.r.t. the offset).
 
     Args:
         config: A ``RandomCropConfig``.
@@ -418,6 +413,8 @@ class RandomCrop(OperatorModule):
         >>> out.shape, out.dtype, int(out.sum()) <= 4 * 4 * 3
         ((4, 4, 3), dtype('uint8'), True)
     """
+
+    materializes_input = True  # see above: the chain before the crop runs once
 
     def __init__(self, config: RandomCropConfig, *, rngs: nnx.Rngs | None = None, name: str | None = None):
         require_config(self, config, RandomCropConfig)
@@ -458,13 +455,13 @@ class RandomCrop(OperatorModule):
         if mode == "constant":
             _check_fill_fits(self, image.dtype)
         top, left = _barrier(*self.window(key, height, width))
-        rows = top + jnp.arange(h, dtype=jnp.int32) - pad
-        cols = left + jnp.arange(w, dtype=jnp.int32) - pad
-        out = jnp.take(image, _padded_index(rows, height, mode), axis=0, mode="clip")
-        out = jnp.take(out, _padded_index(cols, width, mode), axis=1, mode="clip")
-        if mode == "constant" and pad > 0:
-            inside = ((rows >= 0) & (rows < height))[:, None, None] & ((cols >= 0) & (cols < width))[None, :, None]
-            out = jnp.where(inside, out, jnp.asarray(self.config.fill).astype(image.dtype))
+        rest = image.shape[2:]
+        widths = ((pad, pad), (pad, pad)) + ((0, 0),) * len(rest)
+        if mode == "constant":
+            padded = jnp.pad(image, widths, constant_values=jnp.asarray(self.config.fill).astype(image.dtype))
+        else:  # numpy's "reflect" (the edge not repeated, as torchvision's) and "edge"
+            padded = jnp.pad(image, widths, mode=mode)
+        out = jax.lax.dynamic_slice(padded, (top, left) + (0,) * len(rest), (h, w, *rest))
         return {**element, self.config.field: out}
 
 
@@ -850,6 +847,7 @@ class RandomRotation(OperatorModule):
         [[2.0, 5.0, 8.0], [1.0, 4.0, 7.0], [0.0, 3.0, 6.0]]
     """
 
+    materializes_input = True  # bilinear taps read four neighbours
     def __init__(self, config: RandomRotationConfig, *, rngs: nnx.Rngs | None = None, name: str | None = None):
         require_config(self, config, RandomRotationConfig)
         super().__init__(config, rngs=rngs, name=name)
