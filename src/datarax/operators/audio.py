@@ -365,6 +365,7 @@ class AddNoise(OperatorModule):
     """
 
     materializes_input = True  # the noise scale reads the record's mean power
+
     def __init__(self, config: AddNoiseConfig, *, rngs: nnx.Rngs | None = None, name: str | None = None):
         require_config(self, config, AddNoiseConfig)
         super().__init__(config, rngs=rngs, name=name)

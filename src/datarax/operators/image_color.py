@@ -817,6 +817,7 @@ class GaussianBlur(_ImageOperator):
     """
 
     materializes_input = True  # reads a mean / the other channels / neighbours
+
     def __init__(self, config: GaussianBlurConfig, *, rngs: nnx.Rngs | None = None, name: str | None = None):
         require_config(self, config, GaussianBlurConfig)
         super().__init__(config, rngs=rngs, name=name)

@@ -848,6 +848,7 @@ class RandomRotation(OperatorModule):
     """
 
     materializes_input = True  # bilinear taps read four neighbours
+
     def __init__(self, config: RandomRotationConfig, *, rngs: nnx.Rngs | None = None, name: str | None = None):
         require_config(self, config, RandomRotationConfig)
         super().__init__(config, rngs=rngs, name=name)
