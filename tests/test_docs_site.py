@@ -5,6 +5,7 @@ entry without a page, a docstring mkdocstrings cannot render, a cross-reference 
 does not exist.
 """
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -83,3 +84,24 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(DOCS / page), "exec"), namespace)  # noqa: S102
+
+
+def _load_hook():
+    spec = importlib.util.spec_from_file_location("optional_pages", DOCS / "_ext" / "optional_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_optional_pages_join_the_nav_only_when_present(tmp_path):
+    hook = _load_hook()
+    nav = [{"Home": "index.md"}, {"Concepts": "concepts.md"}, {"Guides": [{"Operators": "operators.md"}]}]
+    (tmp_path / "cli.md").write_text("# Command line\n")
+    (tmp_path / "guarantees.md").write_text("# Guarantees\n")
+    config = hook.on_config({"docs_dir": str(tmp_path), "nav": nav})
+    assert config["nav"] == [
+        {"Home": "index.md"},
+        {"Concepts": "concepts.md"},
+        {"Guarantees": "guarantees.md"},
+        {"Guides": [{"Operators": "operators.md"}, {"Command line": "cli.md"}]},
+    ]
