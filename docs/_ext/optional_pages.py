@@ -2,9 +2,7 @@
 
 ``mkdocs build --strict`` fails on a nav entry whose file is missing, and an existing page left out
 of the nav is easy to miss. The pages below are added to the nav only if their file is in
-``docs/``, at a fixed place, so the site builds with or without them. Likewise the API page of a
-public package that is not there yet (``datarax.config``) is generated, and listed, once its
-``__init__.py`` is in ``src/``.
+``docs/``, at a fixed place, so the site builds with or without them.
 """
 
 from __future__ import annotations
@@ -12,26 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mkdocs.structure.files import File
-
 # (after this nav title, in this section or None for the top level) -> [(title, file)]
 OPTIONAL_PAGES: list[tuple[str | None, str, list[tuple[str, str]]]] = [
     (None, "Concepts", [("Guarantees", "guarantees.md")]),
     ("Guides", "Operators", [("Configuration files", "config.md"), ("Command line", "cli.md")]),
 ]
-
-# package -> its API page, appended to the "API reference" section when the package exists.
-OPTIONAL_API_PAGES = {"datarax.config": "api/config.md"}
-API_SECTION = "API reference"
-
-
-def _package_exists(config: Any, package: str) -> bool:
-    src = Path(config["config_file_path"]).parent / "src"
-    return (src / package.replace(".", "/") / "__init__.py").is_file()
-
-
-def _api_page(package: str) -> str:
-    return f"# {package}\n\n::: {package}\n    options:\n      show_root_heading: false\n"
 
 
 def _insert_after(entries: list[Any], after: str, pages: list[dict[str, str]]) -> None:
@@ -49,9 +32,6 @@ def on_config(config: Any, **kwargs: Any) -> Any:
         if not present:
             continue
         _insert_after(_section(nav, section), after, present)
-    for package, page in OPTIONAL_API_PAGES.items():
-        if page not in listed and _package_exists(config, package):
-            _section(nav, API_SECTION).append({package: page})
     return config
 
 
@@ -61,13 +41,6 @@ def _section(nav: list[Any], title: str | None) -> list[Any]:
         if title is not None and isinstance(entry, dict) and isinstance(entry.get(title), list):
             return entry[title]
     return nav
-
-
-def on_files(files: Any, config: Any, **kwargs: Any) -> Any:
-    for package, page in OPTIONAL_API_PAGES.items():
-        if files.get_file_from_path(page) is None and _package_exists(config, package):
-            files.append(File.generated(config, page, content=_api_page(package)))
-    return files
 
 
 def _files(entry: Any) -> list[str]:
