@@ -75,7 +75,7 @@ def test_missing_required_fields_are_named_at_their_table(load):
     assert error.key is None and "no [source] table" in str(error)
     error = _error(load, HEADER + '\n[[stages]]\ntype = "ProbabilisticOperator"\n')
     assert (error.key, error.line) == ("stages[0]", 7)
-    assert "missing the required key 'operator' (an operator component table (with a type key))" in str(error)
+    assert "missing the required key 'operator' (an operator table (a component: type and its keys))" in str(error)
 
 
 def test_a_value_the_component_refuses_is_reported_at_its_key(load):

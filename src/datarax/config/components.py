@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from datarax.config.errors import ConfigError, KeyPath
-from datarax.config.values import Mismatch, convert, describe, expected
+from datarax.config.values import Mismatch, convert, describe, expected, toml_literal
 from datarax.core.data_source import DataSourceModule
 from datarax.core.host_operator import HostOperator
 from datarax.core.host_source import HostSourceModule
@@ -146,7 +146,7 @@ class Argument:
     role: str | None = None
 
     KINDS: typing.ClassVar[dict[str, str]] = {
-        "path": "a file or directory path (a string)",
+        "path": "a file or directory path",
         "paths": "a path or glob pattern, or an array of them",
         "path_table": "a table of column name to file path",
         "npy_table": "a table of column name to .npy file path",
@@ -170,9 +170,9 @@ class Argument:
     def describe(self) -> str:
         """The accepted TOML value, in words."""
         if self.kind == "component":
-            return f"{_article(self.role)} component table (with a type key)"
+            return f"{_article(self.role)} table (a component: type and its keys)"
         if self.kind == "components":
-            return f"an array of {self.role} component tables"
+            return f"an array of {self.role} tables"
         return self.KINDS[self.kind]
 
     def read(self, value: Any, at: KeyPath, ctx: BuildContext) -> Any:
@@ -272,7 +272,7 @@ class ModuleComponent:
         required = self._required_fields()
         defaults = {f.name: f.default for f in dataclasses.fields(self.config_cls)}
         for key, hint in self.fields().items():
-            default = "required" if key in required else f"default {defaults[key]!r}"
+            default = "required" if key in required else f"default {toml_literal(defaults[key])}"
             out[key] = f"{expected(hint)} ({default})"
         for key, argument in self.arguments.items():
             out[key] = f"{argument.describe()} ({'required' if argument.required else 'optional'})"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections.abc
 import datetime
+import json
 import types
 import typing
 from typing import Any
@@ -76,6 +77,24 @@ def describe(value: Any) -> str:
     return f"{value!r} ({toml_type(value)})"
 
 
+def toml_literal(value: Any) -> str:
+    """A default value as TOML would write it (``None``: ``unset``, since TOML has no null).
+
+    Example:
+        >>> toml_literal(("image",)), toml_literal(False), toml_literal(None), toml_literal(0.5)
+        ('["image"]', 'false', 'unset', '0.5')
+    """
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(toml_literal(item) for item in value) + "]"
+    return repr(value)
+
+
 def _optional_inner(hint: Any) -> Any:
     """``X`` for ``X | None``; the hint itself otherwise."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -89,7 +108,7 @@ def expected(hint: Any) -> str | None:
     """What a TOML value for ``hint`` must be, in words; None if TOML cannot express it."""
     hint = _optional_inner(hint)
     if hint is Any:
-        return "a value (a number, string, boolean or array)"
+        return "a number, string, boolean or array"
     if hint in _NAMES:
         return _NAMES[hint]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -152,4 +171,4 @@ def convert(hint: Any, value: Any) -> Any:
     return tuple(_scalar(args[0], item, (i,)) for i, item in enumerate(value))
 
 
-__all__ = ["Mismatch", "convert", "describe", "expected", "toml_type"]
+__all__ = ["Mismatch", "convert", "describe", "expected", "toml_literal", "toml_type"]
