@@ -165,8 +165,10 @@ def test_run_reports_bad_input_on_one_line(capsys, demo, tmp_path):
     forever.write_text(DEMO.replace("num_epochs = 2", "num_epochs = inf"))
     _fails(capsys, ["run", forever], "runs forever ([pipeline] num_epochs = inf); give --batches N or --epochs E")
     capsys.readouterr()
-    assert main(["run", str(forever), "--batches", "2"]) == 0
+    forever_state = tmp_path / "forever.json"
+    assert main(["run", str(forever), "--batches", "2", "--save-state", str(forever_state)]) == 0
     assert "ran 2 batches" in capsys.readouterr().out
+    _fails(capsys, ["run", forever, "--resume", forever_state], "runs forever")  # the state runs forever too
     (tmp_path / "notjson.json").write_text("{epoch: 1")
     _fails(capsys, ["run", demo, "--resume", tmp_path / "notjson.json"], "not a JSON iterator state")
     (tmp_path / "list.json").write_text("[1, 2]")

@@ -77,9 +77,10 @@ Iterate a TOML pipeline with a progress bar, then print its throughput. By defau
 epochs the file sets ([pipeline] num_epochs); --batches stops earlier, --epochs replaces them.
 
 --save-state writes the iterator's JSON state after the last batch (a few hundred bytes);
---resume continues exactly from such a state, refused (naming the field) if it comes from a
-differently built pipeline. --validate builds the pipeline, checking every component, path and
-spec (and, with --resume, that the state fits), without running a batch.
+--resume continues exactly from such a state, epochs included (it holds the run's last epoch),
+refused (naming the field) if it comes from a differently built pipeline. --validate builds the
+pipeline, checking every component, path and spec (and, with --resume, that the state fits),
+without running a batch.
 
 Paths in the file are relative to its directory and must stay inside it, or inside a root added
 with --allow-root.
@@ -412,7 +413,7 @@ def run_command(args: argparse.Namespace) -> int:
     total = _remaining(pipeline, state)
     if args.batches is not None:
         total = args.batches if total is None else min(total, args.batches)
-    elif total is None and pipeline.num_epochs is None and state is None:
+    elif total is None and (pipeline.num_epochs if state is None else state.get("stop_epoch")) is None:
         raise ValueError(f"{args.pipeline} runs forever ([pipeline] num_epochs = inf); give --batches N or --epochs E")
     count = rows = rows_after_first = 0
     first_batch_s = float("nan")
