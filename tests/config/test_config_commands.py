@@ -178,6 +178,7 @@ def test_run_reports_bad_input_on_one_line(capsys, demo, tmp_path):
         "expected a JSON object (an iterator state), got list",
     )
     _fails(capsys, ["run", demo, "--resume", tmp_path / "missing.json"], "No such file or directory")
+    _fails(capsys, ["run", demo, "--save-state", tmp_path / "no" / "s.json"], "s.json: its directory does not exist")
     _fails(capsys, ["run", tmp_path / "missing.toml"], "No such file or directory")
     _fails(capsys, ["run", "pipeline.yaml"], "'pipeline.yaml' is not a TOML pipeline file")
 

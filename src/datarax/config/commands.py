@@ -397,6 +397,9 @@ def run_command(args: argparse.Namespace) -> int:
     overrides = {"num_epochs": args.epochs} if args.epochs is not None else None
     pipeline = load_pipeline(args.pipeline, allowed_roots=args.allow_root, overrides=overrides)
     state = read_state(args.resume) if args.resume else None
+    if args.save_state and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_state))):
+        # Checked before the run, not after it.
+        raise FileNotFoundError(f"--save-state {args.save_state}: its directory does not exist")
     console = _console()
     if args.validate:
         if state is not None:

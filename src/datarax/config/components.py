@@ -437,7 +437,7 @@ class CodeOnly:
         raise ctx.error(
             (*at, TYPE_KEY),
             f"{self.name} takes {self.needs}, which a TOML file cannot hold; build it in code and register a "
-            f"factory by name: datarax.config.register('my_{self.name.lower()}', factory)",
+            "factory by name: datarax.config.register('my_component', factory)",
         )
 
 
