@@ -18,6 +18,7 @@ LAYERS = [
     "distributed",
     "checkpoint",
     "pipeline",
+    "testing",
     "config",
     "cli",
 ]
