@@ -108,7 +108,8 @@ def host_operators(host_stages: Any, source: Any) -> list[HostOperator]:
         raise TypeError(f"Pipeline: host_stages must be a sequence of HostOperators, got {type(host_stages).__name__}")
     for i, op in enumerate(host_stages):
         if not isinstance(op, HostOperator):
-            raise TypeError(f"Pipeline: host_stages[{i}] must be a HostOperator, got {type(op).__name__}")
+            hint = " (a device operator: pass it in stages)" if isinstance(op, OperatorModule) else ""
+            raise TypeError(f"Pipeline: host_stages[{i}] must be a HostOperator, got {type(op).__name__}{hint}")
     if host_stages and not isinstance(source, HostSourceModule | StreamSourceModule):
         raise ValueError(
             f"Pipeline: host_stages run on records read on the host, but the source {type(source).__name__} "

@@ -66,6 +66,15 @@ class _Dispatched(NamedTuple):
     host_counts: Any  # the host operators' (applied, skipped), when a filter dropped records
 
 
+def _same_kind(given: Any, expected: Any) -> bool:
+    """Whether a state's identity field has the kind of value ``get_state`` writes (a bool, an int, ...)."""
+    if isinstance(expected, bool):
+        return isinstance(given, bool)
+    if is_int(expected):
+        return is_int(given)
+    return type(given) is type(expected)
+
+
 class PipelineIterator:
     """Iterates the batches of a pipeline's stream; ``Checkpointable``.
 
@@ -255,10 +264,12 @@ class PipelineIterator:
                 f"{owner}: state keys do not match; "
                 f"missing={sorted(expected - set(state))}, unexpected={sorted(set(state) - expected)}"
             )
-        if state["version"] != STATE_VERSION:
+        if not is_int(state["version"]) or state["version"] != STATE_VERSION:
             raise ValueError(f"{owner}: state version {state['version']!r} is not {STATE_VERSION}")
         for key, value in self.stream.identity().items():
-            if state[key] != value:
+            # Compared with their types: True == 1 and 4.0 == 4 in Python, but a state holding them was
+            # not written by get_state (bools stay bools and ints stay ints through JSON and Orbax).
+            if state[key] != value or not _same_kind(state[key], value):
                 raise ValueError(
                     f"{owner}: the state comes from a differently configured pipeline: "
                     f"{key} is {state[key]!r} in the state but {value!r} here"

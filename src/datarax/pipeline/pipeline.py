@@ -156,7 +156,8 @@ class Pipeline(DataraxModule):
             whose ``get_records`` cannot be traced, or (``worker_kind="process"``)
             a host stage that cannot be sent to a worker process.
         ValueError: For a bad batch size, epoch count or prefetch depth, a
-            missing seed, a ``drop_remainder`` pipeline that can never fill a
+            bad ``workers``, ``worker_kind`` or ``read_ahead`` (checked for
+            every source, though only host sources use them), a missing seed, a ``drop_remainder`` pipeline that can never fill a
             batch, an invalid graph, or stages whose specs do not chain (the
             message names the stage and the spec it was given).
     """
@@ -199,7 +200,11 @@ class Pipeline(DataraxModule):
             raise TypeError(f"Pipeline: source must be a DataSourceModule, got {type(source).__name__}")
         for node, op in own.items():
             if not isinstance(op, OperatorModule):
-                raise TypeError(f"Pipeline: stage {node!r} must be an OperatorModule, got {type(op).__name__}")
+                # A host operator given as a device stage is a common slip: say where it goes.
+                hint = ""
+                if isinstance(op, HostOperator):
+                    hint = " (a HostOperator: pass it in host_stages, with a host source)"
+                raise TypeError(f"Pipeline: stage {node!r} must be an OperatorModule, got {type(op).__name__}{hint}")
         batch_size = validate_batch_size(batch_size, "Pipeline")
         shuffle = boolean("Pipeline", "shuffle", shuffle)
         drop_remainder = boolean("Pipeline", "drop_remainder", drop_remainder)
@@ -235,8 +240,10 @@ class Pipeline(DataraxModule):
         host = isinstance(source, HostSourceModule) or streamed
         host_ops = host_operators(host_stages, source)
         host_keys = key_names({f"host_stage_{i}": op for i, op in enumerate(host_ops)}, linear=True)
+        # Checked for every source, so a bad value is refused even where it has no effect (a device source).
+        checked_workers = host_workers(workers, worker_kind, read_ahead)
         if host:
-            workers, worker_kind, read_ahead = host_workers(workers, worker_kind, read_ahead)
+            workers, worker_kind, read_ahead = checked_workers
         else:
             check_source_traceable(source, batch_size)  # fail here, not at the first batch
         derived = {
