@@ -157,8 +157,9 @@ class Pipeline(DataraxModule):
             a host stage that cannot be sent to a worker process.
         ValueError: For a bad batch size, epoch count or prefetch depth, a
             bad ``workers``, ``worker_kind`` or ``read_ahead`` (checked for
-            every source, though only host sources use them), a missing seed, a ``drop_remainder`` pipeline that can never fill a
-            batch, an invalid graph, or stages whose specs do not chain (the
+            every source, though only host sources use them), a missing
+            seed, a ``drop_remainder`` pipeline that can never fill a batch,
+            an invalid graph, or stages whose specs do not chain (the
             message names the stage and the spec it was given).
     """
 
