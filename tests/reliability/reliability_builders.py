@@ -122,7 +122,7 @@ def memory_pipeline() -> Pipeline:
     )
 
 
-def numpy_file_pipeline(workers: int = 2, num_epochs: int | None = 2) -> Pipeline:
+def numpy_file_pipeline(workers: int = 2, num_epochs: int | None = 2, worker_kind: str = "thread") -> Pipeline:
     """The ``.npy`` files of ``data_dir()``: a stochastic host operator on 2 worker threads, then a device flip."""
     paths = {name: os.path.join(data_dir(), f"{name}.npy") for name in ("image", "label")}
     return Pipeline(
@@ -134,6 +134,7 @@ def numpy_file_pipeline(workers: int = 2, num_epochs: int | None = 2) -> Pipelin
         shuffle=True,
         num_epochs=num_epochs,
         workers=workers,
+        worker_kind=worker_kind,
     )
 
 
@@ -218,3 +219,34 @@ class ForgetfulIterator:
 
 def forgetful_pipeline() -> ForgetfulIterable:
     return ForgetfulIterable()
+
+
+# -- the checkpoint writer the fault tests kill -----------------------------------------------------
+
+
+def write_checkpoints_until_killed(checkpoint_dir: str, log_path: str) -> None:
+    """A training loop that saves the iterator after every batch, until it is killed.
+
+    It restores the latest checkpoint first, if there is one. For every batch it appends
+    ``[batch index, labels of its valid rows]`` to ``log_path`` (the batch was "trained on"), then
+    saves the state after it as step ``index + 1``. It prints ``READY`` once its first save has
+    started, so the test knows the loop is running.
+    """
+    import json
+
+    from datarax import OrbaxCheckpointHandler
+
+    iterator = iter(numpy_file_pipeline_forever())
+    with OrbaxCheckpointHandler(checkpoint_dir, max_to_keep=3) as handler, open(log_path, "a") as log:
+        step = handler.restore({"data": iterator}) if handler.latest_step() is not None else 0
+        first = True
+        while True:
+            batch = next(iterator)
+            labels = np.asarray(batch["label"])[np.asarray(batch["valid_mask"])].tolist()
+            log.write(json.dumps([step, labels]) + "\n")
+            log.flush()
+            step += 1
+            handler.save(step, {"data": iterator})
+            if first:
+                print("READY", step, flush=True)
+                first = False

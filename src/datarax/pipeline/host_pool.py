@@ -111,6 +111,14 @@ def _views(buffer: Any, layout: list[tuple[str, tuple, str, int]]) -> dict[str, 
 _WORKER: dict[str, Any] = {}
 
 
+class WorkerStartError(HostStageError):
+    """A worker process could not rebuild the host stage (a file gone since the pipeline was built, say).
+
+    Raised in the worker for each batch it is given, so the consumer sees the cause (an error in
+    the initializer itself would only break the pool, its text lost on the worker's stderr).
+    """
+
+
 def _worker_init(recipe: tuple) -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a data worker never needs an accelerator
     import jax
@@ -118,19 +126,28 @@ def _worker_init(recipe: tuple) -> None:
     from datarax.core.constructor_args import from_recipe
 
     source_recipe, operator_recipes, shuffle, seed, batch_size, spec, share = recipe
-    stage = HostStage(
-        from_recipe(source_recipe),
-        operators=[(key, from_recipe(op)) for key, op in operator_recipes],
-        shuffle=shuffle,
-        seed=seed,
-        batch_size=batch_size,
-        spec={name: jax.ShapeDtypeStruct(shape, np.dtype(dtype)) for name, shape, dtype in spec},
-        share=share,
-    )
-    _WORKER.update(stage=stage, layout=_layout(stage.spec, stage.batch_size)[0], blocks={})
+    try:
+        stage = HostStage(
+            from_recipe(source_recipe),
+            operators=[(key, from_recipe(op)) for key, op in operator_recipes],
+            shuffle=shuffle,
+            seed=seed,
+            batch_size=batch_size,
+            spec={name: jax.ShapeDtypeStruct(shape, np.dtype(dtype)) for name, shape, dtype in spec},
+            share=share,
+        )
+    except Exception as error:  # noqa: BLE001 - reported with the first batch (see WorkerStartError)
+        _WORKER.update(
+            error=f"host stage: a worker process could not rebuild the host stage of {source_recipe[0].__name__}: "
+            f"{type(error).__name__}: {error}. Restore the iterator's last state once it is fixed"
+        )
+        return
+    _WORKER.update(stage=stage, layout=_layout(stage.spec, stage.batch_size)[0], blocks={}, error=None)
 
 
 def _worker_compute(epoch: int, start: int, block_name: str) -> tuple[np.ndarray, int]:
+    if _WORKER.get("error"):
+        raise WorkerStartError(_WORKER["error"])
     blocks = _WORKER["blocks"]
     block = blocks.get(block_name)
     if block is None:
@@ -294,6 +311,12 @@ class HostBatchPool:
             value = future.result()
         except BrokenProcessPool as error:
             raise self._worker_died(cursor, block, error) from error
+        except WorkerStartError:
+            if block is not None:
+                self._free.append(block)
+            self._discard()
+            self._stop_workers()  # the next request starts new workers, which rebuild the stage again
+            raise
         except BaseException:
             if block is not None:
                 self._free.append(block)
@@ -344,4 +367,4 @@ class HostBatchPool:
         return self._result(*head)
 
 
-__all__ = ["HostBatchPool", "PROCESS", "THREAD", "WORKER_KINDS", "default_workers"]
+__all__ = ["HostBatchPool", "PROCESS", "THREAD", "WORKER_KINDS", "WorkerStartError", "default_workers"]
