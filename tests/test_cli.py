@@ -339,3 +339,11 @@ def test_figures_are_ratios_to_the_reference():
     assert systems["Grain"]["cost_vs_reference"] == 4.0
     assert systems["Grain"]["ms_per_batch"] == 400.0
     assert [system_kind(name) for name in systems] == ["datarax", "tuned loop", "peer"]
+
+
+def test_bench_checks_options_against_the_benchmarks_own_workloads():
+    # datarax bench checks --scale against its copy of the sizes before importing the benchmark (and JAX).
+    from benchmarks import run
+    from datarax.cli.bench import WORKLOADS
+
+    assert WORKLOADS == run.WORKLOADS

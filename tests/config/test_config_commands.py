@@ -1,7 +1,6 @@
 """``datarax inspect`` and ``datarax run``: in process through ``main``, and as subprocesses.
 
-The subprocess tests run ``python -m datarax.config.commands``, the same parser and error
-convention as the ``datarax`` entry point.
+The subprocess tests run the installed ``datarax`` script, as a user does.
 """
 
 import json
@@ -9,12 +8,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from datarax.cli import main
 from datarax.config import example_path
-from datarax.config.commands import main
 
 DEMO = """\
 [pipeline]
@@ -205,7 +205,7 @@ def test_malformed_arguments_are_usage_errors(capsys, argv):
 
 def _command(*argv, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "datarax.config.commands", *map(str, argv)],
+        [str(Path(sys.executable).with_name("datarax")), *map(str, argv)],
         capture_output=True,
         text=True,
         cwd=cwd,

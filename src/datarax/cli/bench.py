@@ -53,8 +53,9 @@ WORKLOADS = {
     "W2": (60_000, (28, 28), 256),
     "W3": (50_000, (32, 32, 3), 128),
 }
-"""The workloads of ``benchmarks/run.py``: records at ``--scale 1``, image shape, batch size."""
-W3_DEPTHS = (1, 32)
+"""The workloads of ``benchmarks/run.py`` (its ``WORKLOADS``, which a test keeps equal): records at
+``--scale 1``, image shape, batch size. Here so that arguments are checked before the benchmark, and
+with it JAX, is imported."""
 PEERS = ("Grain", "torch DataLoader")
 TORCH = "torch DataLoader"  # the name benchmarks/run.py gives PyTorch's loader
 
@@ -195,37 +196,6 @@ def make_grain_loader(
             yield jax.device_put(batch)
 
     return lambda e: baselines.consume(batches(e))
-
-
-def workload_groups(run: Any, names: Sequence[str], scale: float) -> list[list[dict[str, Any]]]:
-    """The workloads of ``benchmarks/run.py`` at ``scale``, in its groups (each group timed round robin)."""
-    w1 = None
-    if "W1" in names or "W3" in names:  # W3 runs on W1's data
-        w1 = run.make_data(int(WORKLOADS["W1"][0] * scale), WORKLOADS["W1"][1], seed=1)
-    groups = []
-    first = []
-    if "W1" in names:
-        first.append({"name": "W1", "data": w1, "batch_size": 128, "flip": True})
-    if "W2" in names:
-        w2 = run.make_data(int(WORKLOADS["W2"][0] * scale), WORKLOADS["W2"][1], seed=2)
-        first.append({"name": "W2", "data": w2, "batch_size": 256})
-    if first:
-        groups.append(first)
-    if "W3" in names:
-        groups.append(
-            [
-                {
-                    "name": f"W3 label ops x{d}",
-                    "data": w1,
-                    "batch_size": 128,
-                    "flip": True,
-                    "chain": d,
-                    "target": "label",
-                }
-                for d in W3_DEPTHS
-            ]
-        )
-    return groups
 
 
 def _options(w: dict[str, Any]) -> dict[str, Any]:
@@ -439,7 +409,7 @@ def bench_command(args: argparse.Namespace) -> int:
         flush=True,
     )
     rows = []
-    for group in workload_groups(run, workloads, scale):
+    for group in run.workload_groups(workloads, scale):
         print(f"measuring {', '.join(w['name'] for w in group)} (round robin) ...", flush=True)
         rows += measure(run, baselines, group, repeats=repeats, peers=peers)
     default = f"datarax (default prefetch={default_prefetch()})"
@@ -487,5 +457,4 @@ __all__ = [
     "register",
     "summary_lines",
     "system_kind",
-    "workload_groups",
 ]

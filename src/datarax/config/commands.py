@@ -21,8 +21,7 @@ the pipeline (every component, path and spec checked) and, with
 each handler returns 0 on success and raises ``ValueError``, ``TypeError``,
 ``KeyError`` or ``OSError`` with a one-line message on bad input, which the
 command line prints as ``datarax <command>: error: <message>`` with exit
-status 2. ``main(argv)`` (``python -m datarax.config.commands``) is the same
-command line with these two commands only.
+status 2 (``datarax.cli.main``).
 
 Example:
     >>> import argparse
@@ -451,28 +450,3 @@ def run_command(args: argparse.Namespace) -> int:
         write_state(args.save_state, final)
         console.print(f"state saved to {args.save_state}")
     return 0
-
-
-# -- a command line of its own -----------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m datarax.config.commands inspect|run ...``: the two commands, as ``datarax`` runs them.
-
-    Returns:
-        0 on success, 2 (with ``datarax <command>: error: <message>`` on stderr) on bad input.
-    """
-    parser = argparse.ArgumentParser(prog="datarax", description="datarax pipelines from TOML files")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ValueError, TypeError, KeyError, OSError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        print(f"datarax {args.command}: error: {' '.join(str(message).split())}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
