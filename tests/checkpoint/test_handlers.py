@@ -237,6 +237,33 @@ def test_max_to_keep_keeps_the_last_steps_on_disk(tmp_path):
         assert handler.all_steps() == [30, 40, 41, 42, 43, 44, 45]
 
 
+def test_remove_interrupted_saves_deletes_only_unfinished_steps(tmp_path):
+    # A save interrupted before Orbax's final rename leaves the step's files under a temporary
+    # name: here step 20's real files, moved back to such a name.
+    it = ToyIterator()
+    with OrbaxCheckpointHandler(tmp_path) as handler:
+        for step in (10, 20):
+            it.position = step
+            handler.save(step, it)
+    unfinished = tmp_path / "20.orbax-checkpoint-tmp"  # the name orbax-checkpoint 0.12 gives it
+    (tmp_path / "20").rename(unfinished)
+
+    with OrbaxCheckpointHandler(tmp_path) as reader:  # the default: a reader deletes nothing
+        assert reader.all_steps() == [10]
+    assert unfinished.is_dir()
+    with OrbaxCheckpointHandler(tmp_path, remove_interrupted_saves=True) as writer:
+        assert writer.all_steps() == [10] and writer.latest_step() == 10
+        fresh = ToyIterator()
+        assert writer.restore(fresh) == 10 and fresh.position == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["10"]
+
+
+def test_remove_interrupted_saves_must_be_a_bool(tmp_path):
+    with pytest.raises(ValueError, match=r"remove_interrupted_saves must be a bool, got 1"):
+        OrbaxCheckpointHandler(tmp_path / "never", remove_interrupted_saves=1)
+    assert not (tmp_path / "never").exists()
+
+
 def test_restore_an_older_step(tmp_path):
     it = ToyIterator()
     with OrbaxCheckpointHandler(tmp_path) as handler:

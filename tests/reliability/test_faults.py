@@ -102,6 +102,12 @@ def test_sigkill_while_saving_checkpoints_loses_and_repeats_nothing(numpy_files,
         with OrbaxCheckpointHandler(checkpoints) as handler:
             latest.append(handler.latest_step())
     assert all(step is not None for step in latest) and latest == sorted(latest), latest
+    # The writer's next start clears what the kills left half-written, and keeps every step.
+    with OrbaxCheckpointHandler(checkpoints) as handler:
+        steps = handler.all_steps()
+    with OrbaxCheckpointHandler(checkpoints, remove_interrupted_saves=True) as handler:
+        assert handler.all_steps() == steps and handler.latest_step() == latest[-1]
+    assert not list(checkpoints.glob("*.orbax-checkpoint-tmp*"))
 
     # The uninterrupted stream, long enough to cover everything the writers trained on.
     trained: dict[int, list[int]] = {}

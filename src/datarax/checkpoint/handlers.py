@@ -103,7 +103,7 @@ from datarax.checkpoint.item_state import (
     state_via,
     take_state,
 )
-from datarax.core.validation import is_int, non_negative_int, optional_positive_int
+from datarax.core.validation import boolean, is_int, non_negative_int, optional_positive_int
 
 Items = Item | Mapping[str, Item]
 FORMAT = "datarax.checkpoint/1"
@@ -132,16 +132,37 @@ class OrbaxCheckpointHandler:
     Args:
         directory: Checkpoint root directory (created if missing).
         max_to_keep: Number of most recent steps kept on disk; None keeps all.
+        remove_interrupted_saves: Delete the temporary directories that saves
+            interrupted by a crash left behind (``<step>.orbax-checkpoint-tmp-*``;
+            never a complete step) when the handler is created. Set it only in
+            the process that writes ``directory``: a reader opened while a
+            save is in flight elsewhere would delete that save.
 
     Raises:
-        ValueError: If ``max_to_keep`` is not a positive int or None.
+        ValueError: If ``max_to_keep`` is not a positive int or None, or
+            ``remove_interrupted_saves`` not a bool.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        remove_interrupted_saves: bool = False,
+    ):
         max_to_keep = optional_positive_int(_OWNER, "max_to_keep", max_to_keep)
+        remove_interrupted_saves = boolean(_OWNER, "remove_interrupted_saves", remove_interrupted_saves)
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=remove_interrupted_saves
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        if remove_interrupted_saves:
+            # Orbax removes them in a background thread and waits for it only before its first
+            # save; waiting here means a directory listed after construction no longer holds them.
+            wait = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+            if wait is not None:
+                wait()
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None if there is none."""
