@@ -460,3 +460,21 @@ def test_two_iterators_of_one_pipeline_both_count(prefetch):
         batches.append(to_numpy(next(first)))
         batches.append(to_numpy(next(second)))
     assert_counts(ops, counts_from_batches(batches))
+
+
+def test_a_state_taken_after_a_pipeline_run_is_not_changed_by_counting_outside_it():
+    # The pipeline commits its counts as NumPy arrays; counting outside it must make new values,
+    # not add into those arrays in place (which would rewrite every state taken before).
+    flip = ElementOperator(
+        ElementOperatorConfig(stochastic=True, stream_name="flip"), fn=lambda e, k: {**e, "x": e["x"][::-1]}
+    )
+    source = MemorySource(MemorySourceConfig(), data={"x": np.zeros((8, 3), np.float32)})
+    list(Pipeline(source=source, stages=[flip], batch_size=4, rngs=nnx.Rngs(0)))
+    state = flip.get_state()
+    assert int(state["_applied_count"]) == 8
+    batch = {"x": jnp.zeros((4, 3)), VALID_MASK: jnp.array([True, True, True, False])}
+    flip.apply_batch(batch, keys=jax.random.split(jax.random.key(0), 4))
+    assert flip.get_operation_stats()["applied_count"] == 11
+    assert int(state["_applied_count"]) == 8, "the earlier state changed"
+    flip.set_state(state)
+    assert flip.get_operation_stats()["applied_count"] == 8
