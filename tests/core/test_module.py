@@ -643,6 +643,18 @@ def test_get_state_contents():
     assert key.dtype == jnp.uint32
 
 
+def test_a_state_does_not_change_when_a_numpy_variable_is_updated_in_place():
+    # `variable[...] += n` writes into a NumPy value; the state taken before keeps its numbers.
+    m = Counting(DataraxModuleConfig())
+    m._applied_count.set_value(np.array(5, dtype=np.int32))
+    state = m.get_state()
+    m(jnp.ones(3))
+    assert m.get_operation_stats()["applied_count"] == 6
+    assert int(state["_applied_count"]) == 5
+    m.set_state(state)
+    assert m.get_operation_stats()["applied_count"] == 5
+
+
 def test_state_round_trip_including_rngs():
     source = Extra(
         DataraxModuleConfig(batch_stats_fn=_len_stats),

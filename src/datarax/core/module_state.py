@@ -51,8 +51,14 @@ def _is_key_array(value: Any) -> bool:
 
 
 def _storable(value: Any) -> Any:
-    """Typed PRNG keys become their raw key data so checkpoints hold plain arrays."""
-    return jax.random.key_data(value) if _is_key_array(value) else value
+    """Typed PRNG keys become their raw key data so checkpoints hold plain arrays.
+
+    A NumPy value is copied: ``variable[...] += n`` changes a NumPy value in place, and a state
+    taken before must not change with it (JAX arrays are immutable and are kept as they are).
+    """
+    if _is_key_array(value):
+        return jax.random.key_data(value)
+    return np.array(value) if isinstance(value, np.ndarray) else value
 
 
 def _lookup(tree: Mapping, path: tuple) -> tuple[bool, Any]:
