@@ -463,8 +463,8 @@ def test_two_iterators_of_one_pipeline_both_count(prefetch):
 
 
 def test_a_state_taken_after_a_pipeline_run_is_not_changed_by_counting_outside_it():
-    # The pipeline commits its counts as NumPy arrays; counting outside it must make new values,
-    # not add into those arrays in place (which would rewrite every state taken before).
+    # The pipeline commits its counts as NumPy arrays, which counting outside it adds into in
+    # place (`counter[...] += n`); a state taken before keeps its numbers (get_state copies them).
     flip = ElementOperator(
         ElementOperatorConfig(stochastic=True, stream_name="flip"), fn=lambda e, k: {**e, "x": e["x"][::-1]}
     )

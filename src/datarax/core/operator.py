@@ -197,10 +197,8 @@ class OperatorModule(DataraxModule):
         totals = jnp.sum(flags, axis=0, dtype=jnp.int32)
         try:
             for i, op in enumerate(self.counted_operators()):
-                # New values, never `counter[...] += n`: a counter a pipeline committed holds a NumPy
-                # array, which that would change in place, and with it every state taken before.
-                op._applied_count.set_value(op._applied_count.get_value() + totals[i, 0])
-                op._skipped_count.set_value(op._skipped_count.get_value() + totals[i, 1])
+                op._applied_count[...] += totals[i, 0]
+                op._skipped_count[...] += totals[i, 1]
         except TraceContextError:
             pass  # a plain jax.jit over a closed-over operator: see apply_batch
 
