@@ -311,6 +311,63 @@ def test_cache_of_zero_decodes_every_time(tmp_path):
     assert source.cache_info() == {"hits": 0, "misses": 3, "cached": 0, "capacity": 0}
 
 
+FIXED = ("id", "score", "flag", "half", "image", "grid")
+
+
+def test_everything_cached_gathers_from_whole_table_arrays(parts):
+    folder, _, whole = parts
+    source = _source(folder, columns=FIXED, cache_row_groups=64)  # every row group, all fixed columns
+    assert source._dense is not None
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        indices = rng.integers(0, 54, int(rng.integers(1, 40)))  # repeats, any order, across files
+        _assert_rows(source.read_records(indices), whole, indices, columns=FIXED)
+    _assert_rows(source.read_records(np.arange(54)), whole, np.arange(54), columns=FIXED)
+    info = source.cache_info()
+    assert info["misses"] == source.num_row_groups == info["cached"]  # each row group decoded once
+    assert source._dense.complete  # from now on a batch is one gather per column, no cache lookups
+    _assert_rows(source.read_records(np.array([0, 1, 53])), whole, [0, 1, 53], columns=FIXED)
+    assert source.cache_info()["hits"] == info["hits"] + 2  # still counted: two row groups touched
+    batch = source.read_records(np.array([7, 7]))
+    batch["image"][:] = 0  # a batch is a copy: the arrays it came from are unchanged
+    assert source.read_records(np.array([7]))["image"][0].tolist() == [(84 + k) % 256 for k in range(12)]
+
+
+def test_everything_cached_needs_room_for_every_row_group_and_fixed_columns(parts):
+    folder, _, _ = parts
+    groups = _source(folder).num_row_groups  # 9
+    assert _source(folder, columns=FIXED, cache_row_groups=groups)._dense is not None
+    assert _source(folder, columns=FIXED, cache_row_groups=groups - 1)._dense is None
+    assert _source(folder, columns=("id", "tokens"), cache_row_groups=64)._dense is None  # a ragged column
+    assert _source(folder, columns=("id", "jpeg"), cache_row_groups=64)._dense is None  # a bytes column
+
+
+def test_everything_cached_survives_close_and_copies(parts):
+    folder, _, whole = parts
+    source = _source(folder, columns=FIXED, cache_row_groups=64)
+    indices = np.array([53, 0, 22, 30, 30, 5])
+    source.read_records(indices)
+    source.read_records(np.arange(54))
+    assert source._dense.complete
+    source.close()
+    assert source.cache_info()["cached"] == 0 and not source._dense.complete
+    _assert_rows(source.read_records(indices), whole, indices, columns=FIXED)
+    for other in (pickle.loads(pickle.dumps(source)), copy.deepcopy(source)):
+        assert other.cache_info()["cached"] == 0 and other._dense._arrays is None
+        _assert_rows(other.read_records(indices), whole, indices, columns=FIXED)
+
+
+def test_everything_cached_reads_right_when_the_arrays_were_dropped_under_it(parts):
+    # What a close() racing a read leaves: cached row groups whose arrays are no longer the current ones.
+    folder, _, whole = parts
+    source = _source(folder, columns=FIXED, cache_row_groups=64)
+    indices = np.arange(54)
+    source.read_records(indices)
+    source._dense.clear()  # the cache still holds views of the dropped arrays
+    _assert_rows(source.read_records(indices[::-1]), whole, indices[::-1], columns=FIXED)
+    assert source.cache_info()["misses"] == source.num_row_groups  # served from the cached views
+
+
 def test_batches_do_not_pin_cached_row_groups(single):
     source = _source(single, columns=("tokens", "image"))
     batch = source.read_records(np.array([3]))

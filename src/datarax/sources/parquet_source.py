@@ -20,6 +20,15 @@ files with small row groups (a few MB) for shuffled training, or shuffle them
 beforehand. Memory stays bounded by ``cache_row_groups`` (plus one per reading
 thread) decoded row groups of the selected columns.
 
+**Everything cached.** When ``cache_row_groups`` is at least the number of row
+groups and every selected column is fixed-shape, nothing is ever evicted, so
+decoded row groups are written into one array per column laid out like the
+files' rows (allocated empty: memory is used only as row groups are decoded),
+and a batch is one fancy-index gather per column instead of a gather per
+touched row group. For 128 random rows of 3 KB images that is what a ``.npy``
+memory-map gather costs (87 against 84 us in one measurement), against 262 us
+gathering row group by row group.
+
 **Files and threads.** ``pyarrow.parquet.ParquetFile`` objects are not
 documented as safe to share between threads, so each row-group read opens its
 own, handing it the footer already parsed at construction. Measured: opening
@@ -399,6 +408,11 @@ class _RowGroupCache:
         pending.set_result(entry)
         return entry
 
+    def count_hits(self, count: int) -> None:
+        """Counts ``count`` lookups answered without ``get`` (every row group is known to be decoded)."""
+        with self._lock:
+            self.hits += count
+
     def info(self) -> dict[str, int]:
         with self._lock:
             return {"hits": self.hits, "misses": self.misses, "cached": len(self._entries), "capacity": self.capacity}
@@ -406,6 +420,61 @@ class _RowGroupCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class _DenseColumns:
+    """Whole-table arrays of the fixed columns, into which decoded row groups are written.
+
+    Used when the cache holds every row group (nothing is ever evicted) and
+    every selected column is fixed-shape: row ``i`` of the files is row ``i``
+    of these arrays once its row group is decoded, so a batch is one
+    fancy-index gather per column instead of one per touched row group. The
+    arrays are allocated empty (no memory is touched before a row group is
+    written into them) and are not kept by pickles or copies.
+    """
+
+    def __init__(self, columns: Sequence[_Column], num_rows: int, num_groups: int):
+        self._shapes = {column.name: ((num_rows, *column.shape), column.dtype) for column in columns}
+        self._num_groups = num_groups
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._arrays: dict[str, np.ndarray] | None = None
+        self._filled: set[int] = set()  # row groups written into the current arrays
+        self.complete = False  # every row group is: a batch needs no cache lookup
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"shapes": self._shapes, "num_groups": self._num_groups}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._shapes = state["shapes"]
+        self._num_groups = state["num_groups"]
+        self._reset()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays, allocated on first use."""
+        arrays = self._arrays
+        if arrays is None:
+            with self._lock:
+                if self._arrays is None:
+                    self._arrays = {name: np.empty(shape, dtype) for name, (shape, dtype) in self._shapes.items()}
+                arrays = self._arrays
+        return arrays
+
+    def filled(self, arrays: dict[str, np.ndarray], number: int) -> None:
+        """Records that row group ``number`` was written into ``arrays``."""
+        with self._lock:
+            if arrays is self._arrays:
+                self._filled.add(number)
+                self.complete = len(self._filled) == self._num_groups
+
+    def clear(self) -> None:
+        """Drops the arrays (readers holding them keep theirs)."""
+        with self._lock:
+            self._arrays = None
+            self._filled = set()
+            self.complete = False
 
 
 class ParquetSource(HostSourceModule):
@@ -475,6 +544,10 @@ class ParquetSource(HostSourceModule):
         if self._row_groups.num_rows == 0:
             raise ValueError(f"{_OWNER}: the files hold no rows: {files}")
         self._row_group_cache = _RowGroupCache(config.cache_row_groups)
+        dense = config.cache_row_groups >= len(self._row_groups.starts)
+        dense = dense and all(column.kind == "fixed" for column in self._columns)
+        num_rows, num_groups = self._row_groups.num_rows, len(self._row_groups.starts)
+        self._dense = _DenseColumns(self._columns, num_rows, num_groups) if dense else None
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -547,18 +620,52 @@ class ParquetSource(HostSourceModule):
             return out
         row_groups = self._row_groups
         numbers = row_groups.locate(indices)
+        if self._dense is not None:
+            gathered = self._read_dense(indices, numbers)
+            if gathered is not None:
+                return gathered
+        load = self._decode_row_group if self._dense is None else self._decode_into_dense
         order = np.argsort(numbers, kind="stable")
         for positions in np.split(order, np.flatnonzero(np.diff(numbers[order])) + 1):
             number = int(numbers[positions[0]])
             rows = indices[positions] - row_groups.starts[number]
-            decoded = self._row_group_cache.get(number, self._decode_row_group)
+            decoded = self._row_group_cache.get(number, load)
             for column in self._columns:
                 decoded[column.name].fill(out[column.name], positions, rows)
         return out
 
+    def _decode_into_dense(self, number: int) -> dict[str, Any]:
+        """Decodes row group ``number`` into the whole-table arrays; its entry holds views of them."""
+        decoded = self._decode_row_group(number)
+        arrays = self._dense.arrays()
+        start = int(self._row_groups.starts[number])
+        for name, rows in decoded.items():
+            view = arrays[name][start : start + len(rows.values)]
+            view[...] = rows.values
+            decoded[name] = _FixedRows(view)
+        self._dense.filled(arrays, number)
+        return decoded
+
+    def _read_dense(self, indices: np.ndarray, numbers: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The rows at ``indices`` gathered from the whole-table arrays (None if a ``close`` raced the read)."""
+        arrays = self._dense.arrays()
+        first = self._columns[0].name
+        cache = self._row_group_cache
+        touched = np.unique(numbers)
+        if self._dense.complete and arrays is self._dense.arrays():  # checked after the read of `complete`
+            cache.count_hits(len(touched))
+            return {name: array[indices] for name, array in arrays.items()}
+        for number in touched.tolist():
+            entry = cache.get(number, self._decode_into_dense)
+            if entry[first].values.base is not arrays[first]:  # decoded into arrays a close dropped
+                return None
+        return {name: array[indices] for name, array in arrays.items()}
+
     def close(self) -> None:
         """Empties the row-group cache (no file stays open between reads)."""
         self._row_group_cache.clear()
+        if self._dense is not None:
+            self._dense.clear()
 
 
 __all__ = ["ParquetSource", "ParquetSourceConfig"]
