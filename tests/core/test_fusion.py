@@ -94,6 +94,42 @@ def test_compiles_to_a_conditional_that_the_compiler_keeps():
         assert "conditional(" in text[text.index("ENTRY") :]
 
 
+def test_a_replicated_probe_gives_the_predicate_and_keeps_the_boundary():
+    x = jnp.arange(96, dtype=jnp.float32).reshape(8, 4, 3)
+
+    def with_probe(v, epoch):
+        with fusion.replicated_probe(epoch):
+            return materialize(v * 2 + 1) * 3
+
+    text = _compiled_text(with_probe, x, jnp.uint32(0))
+    assert "conditional(" in text[text.index("ENTRY") :]
+    # Either branch runs (0x7FC00000 is a NaN bit pattern: the predicate is False) and neither changes a value.
+    for epoch in (0, 5, 0x7FC00000):
+        np.testing.assert_array_equal(jax.jit(with_probe)(x, jnp.uint32(epoch)), (x * 2 + 1) * 3)
+    assert fusion._PROBE.get() is None  # the block leaves no probe behind, also when it raises
+    with pytest.raises(RuntimeError, match="inside"), fusion.replicated_probe(jnp.uint32(1)):
+        assert fusion._PROBE.get() is not None
+        raise RuntimeError("raised inside the block")
+    assert fusion._PROBE.get() is None
+
+
+def test_on_several_devices_the_probe_removes_the_all_reduce():
+    assert jax.device_count() > 1, "tests/conftest.py gives the suite 8 CPU devices"
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    rows = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+    x = jax.device_put(jnp.ones((8 * jax.device_count(), 3)), rows)
+    epoch = jax.device_put(jnp.uint32(0), NamedSharding(rows.mesh, PartitionSpec()))
+    plain = _compiled_text(lambda v, e: materialize(v * 2), x, epoch)
+    assert "all-reduce" in plain  # the first value, held by one device, is sent to all of them
+
+    def probed(v, e):
+        with fusion.replicated_probe(e):
+            return materialize(v * 2)
+
+    assert "all-reduce" not in _compiled_text(probed, x, epoch)
+
+
 NEIGHBOUR_READERS = [
     RandomContrast(RandomContrastConfig(magnitude=0.4)),
     RandomSaturation(RandomSaturationConfig(magnitude=0.4)),

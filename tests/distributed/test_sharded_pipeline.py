@@ -178,3 +178,34 @@ def test_scan_over_a_sharded_pipeline_equals_the_unsharded_scan():
     unsharded = build("device", sharded=False, num_epochs=None).scan(total, length=7)
     sharded = build("device", sharded=True, num_epochs=None).scan(total, length=7)
     np.testing.assert_allclose(np.asarray(sharded), np.asarray(unsharded), rtol=1e-6)
+
+
+def test_the_sharded_step_needs_no_cross_device_communication():
+    # Each device gathers and transforms its own rows: no collective in the compiled step. The
+    # fusion boundaries (the record keys', RandomContrast's) take their predicate from the epoch,
+    # which every device holds; taken from the batch, it was an all-reduce per boundary.
+    from flax import nnx
+
+    from datarax import Pipeline
+    from datarax.distributed import batch_sharding, data_mesh
+    from datarax.operators import RandomContrast, RandomContrastConfig, RandomFlip, RandomFlipConfig
+    from datarax.sources import MemorySource, MemorySourceConfig
+
+    images = np.random.default_rng(0).random((64, 4, 4, 3), dtype=np.float32)
+    pipeline = Pipeline(
+        source=MemorySource(MemorySourceConfig(), data={"image": images}),
+        stages=[RandomFlip(RandomFlipConfig()), RandomContrast(RandomContrastConfig(magnitude=0.3))],
+        batch_size=16,
+        shuffle=True,
+        rngs=nnx.Rngs(0),
+        sharding=batch_sharding(data_mesh()),
+    )
+    iterator = iter(pipeline)
+    first = next(iterator)
+    assert len(first["image"].addressable_shards) == 8
+    chunk, meta = iterator.feed.records.batch(0, 16)
+    assert len(meta.sharding.device_set) == 8  # staged on every device once per chunk, not sent per batch
+    hlo = iterator.binding._step.lower(iterator.binding.inputs(), chunk, meta).compile().as_text()
+    assert "conditional" in hlo  # the fusion boundaries are there
+    for collective in ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter"):
+        assert collective not in hlo, collective

@@ -21,6 +21,13 @@ so it does not matter which runs.
 The boundary costs one small conditional per batch (about 20 microseconds on
 the CPU).
 
+In a program partitioned over several devices (a sharded pipeline), the
+predicate must be the same on every device: taken from a batch's first value,
+which one device holds, it costs a cross-device all-reduce per boundary. The
+pipeline's step therefore traces its operators inside ``replicated_probe``,
+giving a scalar every device already holds (the batch's epoch), and the
+predicate is taken from it instead.
+
 Only a batch-level array boundary works: under ``jax.vmap`` a conditional with
 a per-row predicate becomes a select of both branches, so operators call this on
 the whole batch (``OperatorModule.apply_batch`` does it for operators that set
@@ -36,10 +43,40 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+# A traced scalar that every device holds, for predicates (see the module docstring).
+_PROBE: contextvars.ContextVar[Any] = contextvars.ContextVar("datarax_materialize_probe", default=None)
+
+
+@contextlib.contextmanager
+def replicated_probe(value: Any) -> Iterator[None]:
+    """While tracing inside this block, ``materialize`` takes its predicate from ``value``.
+
+    Args:
+        value: A scalar array (traced) that is replicated on every device of the
+            program, and not known at compile time (e.g. the epoch of a batch).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> @jax.jit
+        ... def double(x, epoch):
+        ...     with replicated_probe(epoch):
+        ...         return materialize(x) * 2
+        >>> double(jnp.arange(3), 0).tolist()
+        [0, 2, 4]
+    """
+    token = _PROBE.set(value)
+    try:
+        yield
+    finally:
+        _PROBE.reset(token)
 
 
 def _opaque_predicate(leaf: jax.Array) -> jax.Array:
@@ -70,7 +107,9 @@ def materialize(tree: Any) -> Any:
     # Typed keys travel as their raw data (a select of key arrays is not defined).
     impls = {i: jax.random.key_impl(leaves[i]) for i in kept if _is_key(leaves[i])}
     arrays = [jax.random.key_data(leaves[i]) if i in impls else leaves[i] for i in kept]
-    arrays = jax.lax.cond(_opaque_predicate(arrays[0]), lambda a: a, _selected_from_itself, arrays)
+    probe = _PROBE.get()
+    predicate = _opaque_predicate(arrays[0] if probe is None else probe)
+    arrays = jax.lax.cond(predicate, lambda a: a, _selected_from_itself, arrays)
     for i, array in zip(kept, arrays, strict=True):
         leaves[i] = jax.random.wrap_key_data(array, impl=impls[i]) if i in impls else array
     return jax.tree.unflatten(treedef, leaves)
@@ -84,4 +123,4 @@ def _selected_from_itself(arrays: list[jax.Array]) -> list[jax.Array]:
     return [jax.lax.select(jnp.ones(a.shape, dtype=bool), a, a) for a in arrays]
 
 
-__all__ = ["materialize"]
+__all__ = ["materialize", "replicated_probe"]

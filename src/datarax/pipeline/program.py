@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
-from datarax.core.fusion import materialize
+from datarax.core.fusion import materialize, replicated_probe
 from datarax.core.module import IterationCount
 from datarax.core.prng import record_keys
 from datarax.pipeline.dag import SOURCE, DagGraph
@@ -190,12 +190,17 @@ def transform_records(
     # Every node's keys, computed first and materialised together: left to XLA, each key hash
     # is fused into the loops of the operator that reads it and recomputed there per element
     # (measured: the CIFAR chain's step 1.7 -> 0.9 ms on the CPU).
-    keys = materialize({node: node_record_keys(plan, node, nodes[node], epoch, records) for node in plan.graph.order})
-    for node in plan.graph.order:
-        op = nodes[node]
-        inputs = merge_inputs([values[p] for p in plan.graph.inputs[node]])
-        out = op.apply_batch({**inputs, VALID_MASK: valid}, keys[node], count=node not in uncounted)
-        values[node] = {k: v for k, v in out.items() if k != VALID_MASK}
+    # Fusion boundaries take their predicate from the epoch, which every device holds: from the
+    # batch's values, a sharded step would all-reduce a value across its devices at each boundary.
+    with replicated_probe(jnp.asarray(epoch)):
+        keys = materialize(
+            {node: node_record_keys(plan, node, nodes[node], epoch, records) for node in plan.graph.order}
+        )
+        for node in plan.graph.order:
+            op = nodes[node]
+            inputs = merge_inputs([values[p] for p in plan.graph.inputs[node]])
+            out = op.apply_batch({**inputs, VALID_MASK: valid}, keys[node], count=node not in uncounted)
+            values[node] = {k: v for k, v in out.items() if k != VALID_MASK}
     return {**values[plan.graph.sink], VALID_MASK: valid}
 
 

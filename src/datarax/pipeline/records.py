@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from datarax.pipeline.stream import StreamSpec
@@ -88,10 +89,17 @@ class RecordSchedule:
             # Each batch's meta, made once per chunk rather than once per batch
             # (read-only: the step may still be reading an earlier batch's).
             size = self.stream.batch_size
-            self._metas = [
+            metas = [
                 np.array([epoch, self.valid_rows(chunk_start + offset), offset], np.int32)
                 for offset in range(0, min(self._chunk, self.stream.positions_per_epoch - chunk_start), size)
             ]
+            # A step over several devices copies a NumPy argument to each of them on every call
+            # (measured on 8 CPU devices: 137 us of a 470 us batch), so there the metas are put
+            # where the chunk is, in one transfer per chunk. On one device NumPy is cheaper
+            # (device-resident metas measured 1.02x (W1) and 1.10x (W2) the per-batch cost).
+            sharding = getattr(self._records, "sharding", None)
+            spread = sharding is not None and len(sharding.device_set) > 1
+            self._metas = jax.device_put(metas, sharding) if spread else metas
         return self._records
 
     def batch(self, epoch: int, start: int) -> tuple[Any, np.ndarray]:
