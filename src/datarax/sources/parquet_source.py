@@ -544,10 +544,9 @@ class ParquetSource(HostSourceModule):
         if self._row_groups.num_rows == 0:
             raise ValueError(f"{_OWNER}: the files hold no rows: {files}")
         self._row_group_cache = _RowGroupCache(config.cache_row_groups)
-        dense = config.cache_row_groups >= len(self._row_groups.starts)
-        dense = dense and all(column.kind == "fixed" for column in self._columns)
-        num_rows, num_groups = self._row_groups.num_rows, len(self._row_groups.starts)
-        self._dense = _DenseColumns(self._columns, num_rows, num_groups) if dense else None
+        num_groups = len(self._row_groups.starts)
+        dense = config.cache_row_groups >= num_groups and all(column.kind == "fixed" for column in self._columns)
+        self._dense = _DenseColumns(self._columns, self._row_groups.num_rows, num_groups) if dense else None
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -654,11 +653,11 @@ class ParquetSource(HostSourceModule):
         touched = np.unique(numbers)
         if self._dense.complete and arrays is self._dense.arrays():  # checked after the read of `complete`
             cache.count_hits(len(touched))
-            return {name: array[indices] for name, array in arrays.items()}
-        for number in touched.tolist():
-            entry = cache.get(number, self._decode_into_dense)
-            if entry[first].values.base is not arrays[first]:  # decoded into arrays a close dropped
-                return None
+        else:
+            for number in touched.tolist():
+                entry = cache.get(number, self._decode_into_dense)
+                if entry[first].values.base is not arrays[first]:  # decoded into arrays a close dropped
+                    return None
         return {name: array[indices] for name, array in arrays.items()}
 
     def close(self) -> None:
