@@ -250,3 +250,39 @@ def test_the_default_prefetch_depends_on_the_backend():
     pipeline = Pipeline(source=make_source(10), batch_size=4)
     assert pipeline.prefetch == default_prefetch()
     assert default_prefetch() == (0 if jax.default_backend() == "cpu" else 2)
+
+
+# --- prefetch=0: the direct path (no read-ahead queue) ---------------------------------------------
+
+
+def test_without_prefetch_a_device_source_takes_the_direct_path(reference, pipeline, start_state):
+    direct = _fresh(_build(prefetch=0), start_state)
+    assert direct._direct is direct.feed  # the queue is not used
+    batches, states = reference
+    got = []
+    for i, batch in enumerate(direct):
+        got.append(to_numpy(batch))
+        assert direct.get_state() == states[i + 1]
+        assert not direct._queue
+    assert_streams_equal(got, batches)
+
+
+def test_a_failed_direct_call_changes_nothing():
+    # A step that fails (here: the binding raising once) leaves the cursor, the counters and the
+    # epochs started as they were, and the next call serves the batch that failed.
+    failing, reference = _build(prefetch=0), _build(prefetch=0)
+    it, ref = iter(failing), iter(reference)
+    next(it), next(ref)
+    op = next(iter(failing.nodes.values()))  # the one operator
+    state, counts = it.get_state(), op.get_operation_stats()
+    run = it.binding.run
+
+    def broken(*args):
+        it.binding.run = run
+        raise RuntimeError("device step failed")
+
+    it.binding.run = broken
+    with pytest.raises(RuntimeError, match="device step failed"):
+        next(it)
+    assert it.get_state() == state and op.get_operation_stats() == counts
+    assert_streams_equal([to_numpy(b) for b in it], [to_numpy(b) for b in ref])

@@ -78,6 +78,10 @@ def _check_schedule(schedule, epochs=EPOCHS, device=False):
             seen, host_view = records, np.asarray(records)
         valid = min(size, n - start)
         assert meta.dtype == np.int32 and meta.tolist() == [epoch, valid, start % chunk]
+        # entry: the same chunk and meta, with the valid rows and the cursor after the batch.
+        entry_records, entry_meta, entry_rows, after = schedule.entry(epoch, start)
+        assert entry_records is records and entry_meta is meta
+        assert entry_rows == valid and after == stream.advance(epoch, start)
         got = host_view[meta[2] : meta[2] + size]
         want = epoch_records[epoch][start : start + size]
         np.testing.assert_array_equal(got, want, err_msg=f"batch at {(epoch, start)}")
@@ -93,11 +97,11 @@ def _check_schedule(schedule, epochs=EPOCHS, device=False):
 
 
 CASES = [
-    pytest.param(40037, 100, id="n=40037,B=100"),  # chunk 16300: three chunks per epoch, a short last batch
-    pytest.param(40000, 100, id="n=40000,B=100"),  # no short batch, the last chunk partly past the end
+    pytest.param(140037, 100, id="n=140037,B=100"),  # chunk 65500: three chunks per epoch, a short last batch
+    pytest.param(140000, 100, id="n=140000,B=100"),  # no short batch, the last chunk partly past the end
     pytest.param(10, 4, id="n=10,B=4"),  # one chunk per epoch
     pytest.param(3, 8, id="n=3,B=8"),  # fewer records than one batch
-    pytest.param(50001, 20000, id="n=50001,B=20000"),  # batches bigger than CHUNK_POSITIONS
+    pytest.param(150001, 70000, id="n=150001,B=70000"),  # batches bigger than CHUNK_POSITIONS
 ]
 
 
@@ -106,16 +110,16 @@ CASES = [
 
 @pytest.mark.parametrize(
     ("batch_size", "expected"),
-    [(1, 16384), (3, 16383), (4, 16384), (100, 16300), (1000, 16000), (16383, 16383), (16384, 16384), (16385, 16385)],
+    [(1, 65536), (3, 65535), (4, 65536), (100, 65500), (1000, 65000), (65535, 65535), (65536, 65536), (65537, 65537)],
 )
 def test_chunk_size_is_whole_batches_near_chunk_positions(batch_size, expected):
-    assert CHUNK_POSITIONS == 16384
+    assert CHUNK_POSITIONS == 65536
     assert chunk_size(batch_size) == expected
     assert expected % batch_size == 0
     assert max(batch_size, CHUNK_POSITIONS - batch_size + 1) <= expected <= max(batch_size, CHUNK_POSITIONS)
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 100, 20000])
+@pytest.mark.parametrize("batch_size", [1, 7, 100, 70000])
 def test_schedule_chunk_size_follows_the_batch_size(batch_size):
     schedule = RecordSchedule(_stream(100, batch_size, False), _sampler(False))
     assert schedule.chunk_size == chunk_size(batch_size)
@@ -155,13 +159,13 @@ def test_drop_remainder_schedule_has_only_full_batches(shuffle):
 
 
 def test_device_chunks_equal_host_chunks():
-    pipeline = _pipeline(40037, 100, True)
+    pipeline = _pipeline(140037, 100, True)
     device = RecordSchedule(
         pipeline.stream, pipeline.sampler, StepBinding(pipeline._parts(), pipeline.program).records_chunk
     )
     host = RecordSchedule(pipeline.stream, pipeline.sampler)
     for epoch in range(2):
-        for start in (0, 16300, 32600):
+        for start in (0, 65500, 131000):
             a, meta = device.batch(epoch, start)
             b, host_meta = host.batch(epoch, start)
             np.testing.assert_array_equal(meta, host_meta)
@@ -222,24 +226,24 @@ def _counting_schedule(pipeline):
 
 
 def test_chunk_is_computed_once_and_recomputed_at_chunk_and_epoch_boundaries():
-    pipeline = _pipeline(40037, 100, True)
+    pipeline = _pipeline(140037, 100, True)
     schedule, calls = _counting_schedule(pipeline)
-    cursors = pipeline.stream.schedule(0, 0, 2 * 401)
+    cursors = pipeline.stream.schedule(0, 0, 2 * 1401)
     chunks = [schedule.batch(epoch, start)[0] for epoch, start in cursors]
-    assert calls == [(0, 0), (0, 16300), (0, 32600), (1, 0), (1, 16300), (1, 32600)]
-    # Batches 0..162 of an epoch share the first chunk, 163..325 the second, 326..400 the third.
+    assert calls == [(0, 0), (0, 65500), (0, 131000), (1, 0), (1, 65500), (1, 131000)]
+    # Batches 0..654 of an epoch share the first chunk, 655..1309 the second, 1310..1400 the third.
     for epoch in range(2):
-        first = 401 * epoch
-        for lo, hi in ((0, 163), (163, 326), (326, 401)):
+        first = 1401 * epoch
+        for lo, hi in ((0, 655), (655, 1310), (1310, 1401)):
             assert all(c is chunks[first + lo] for c in chunks[first + lo : first + hi])
-        assert chunks[first + 162] is not chunks[first + 163]
-        assert chunks[first + 325] is not chunks[first + 326]
+        assert chunks[first + 654] is not chunks[first + 655]
+        assert chunks[first + 1309] is not chunks[first + 1310]
     # The epoch boundary recomputes even though the chunk starts at position 0 again.
-    assert chunks[400] is not chunks[401]
-    assert not np.array_equal(np.asarray(chunks[0]), np.asarray(chunks[401]))
+    assert chunks[1400] is not chunks[1401]
+    assert not np.array_equal(np.asarray(chunks[0]), np.asarray(chunks[1401]))
     # The same chunk asked for again (same or another batch in it) is the same array, not recomputed.
-    again = schedule.batch(1, 32700)[0]
-    assert again is chunks[-1] and schedule.batch(1, 40000)[0] is again and len(calls) == 6
+    again = schedule.batch(1, 131100)[0]
+    assert again is chunks[-1] and schedule.batch(1, 140000)[0] is again and len(calls) == 6
     # Going back to an earlier chunk computes it anew, with the same records.
     back = schedule.batch(0, 0)[0]
     assert calls[-1] == (0, 0) and len(calls) == 7
@@ -265,13 +269,13 @@ def test_host_chunk_is_cached_too():
 
 
 def test_iterator_uses_the_schedule_chunk_by_chunk():
-    pipeline = _pipeline(40037, 100, False, prefetch=0)
+    pipeline = _pipeline(140037, 100, False, prefetch=0)
     iterator = iter(pipeline)
     seen = []
-    for _ in range(170):
+    for _ in range(660):
         next(iterator)
         seen.append(iterator.feed.records._cached)
-    assert seen[0] == (0, 0) and seen[162] == (0, 0) and seen[163] == (0, 16300) and seen[-1] == (0, 16300)
+    assert seen[0] == (0, 0) and seen[654] == (0, 0) and seen[655] == (0, 65500) and seen[-1] == (0, 65500)
 
 
 # --- the pipeline stream is these records --------------------------------------------------------
@@ -281,7 +285,7 @@ def test_iterator_uses_the_schedule_chunk_by_chunk():
 @pytest.mark.parametrize(
     ("n", "batch_size"),
     [
-        pytest.param(40037, 1000, id="n=40037,B=1000"),  # chunk 16000: three chunks per epoch
+        pytest.param(140037, 1000, id="n=140037,B=1000"),  # chunk 65000: three chunks per epoch
         pytest.param(10, 4, id="n=10,B=4"),
     ],
 )
@@ -303,10 +307,10 @@ def test_pipeline_stream_is_the_concatenation_of_the_schedule(n, batch_size, shu
 
 
 def test_scan_batches_equal_iterated_batches_across_chunks():
-    pipeline = _pipeline(40037, 1000, True)
-    want = collect(pipeline)[:45]
-    scanned = _pipeline(40037, 1000, True)
-    out = scanned.scan(lambda batch: (batch["label"], batch[VALID_MASK]), length=45)
+    pipeline = _pipeline(140037, 1000, True)
+    want = collect(pipeline)[:70]  # the first chunk is batches 0..64
+    scanned = _pipeline(140037, 1000, True)
+    out = scanned.scan(lambda batch: (batch["label"], batch[VALID_MASK]), length=70)
     np.testing.assert_array_equal(np.asarray(out[0]), np.stack([b["label"] for b in want]))
     np.testing.assert_array_equal(np.asarray(out[1]), np.stack([b[VALID_MASK] for b in want]))
 
@@ -343,7 +347,7 @@ def test_device_chunk_of_the_last_batch_of_a_2_31_record_epoch(shuffle):
         pipeline.stream, pipeline.sampler, StepBinding(pipeline._parts(), pipeline.program).records_chunk
     )
     chunk, meta = device.batch(0, last)
-    assert meta.tolist() == [0, 47, last % 16300]
+    assert meta.tolist() == [0, 47, last % 65500]
     got = np.asarray(chunk)[meta[2] : meta[2] + size]
     np.testing.assert_array_equal(got, _expected(n, size, pipeline.stream.seed, shuffle, 0, last))
     host_chunk, _ = RecordSchedule(pipeline.stream, pipeline.sampler).batch(0, last)

@@ -44,21 +44,15 @@ from datarax.pipeline.sharding import replicate
 # Variable.set_raw_value checks the JAX trace level on every call (a few
 # microseconds, paid per counter per batch); the iterator runs outside any
 # trace, so where flax keeps the value in a `_raw_value` slot (flax 0.12) the
-# slot is written directly, and through the public method otherwise.
+# slot is read and written directly (C-level accessors: this runs for every
+# variable on every batch), and through the public methods otherwise.
 _RAW_SLOT = getattr(nnx.Variable, "_raw_value", None)
-if not isinstance(_RAW_SLOT, types.MemberDescriptorType):
-    _RAW_SLOT = None
-
-
-def _get_raw(var: nnx.Variable) -> Any:
-    return _RAW_SLOT.__get__(var) if _RAW_SLOT is not None else var.get_raw_value()
-
-
-def _set_raw(var: nnx.Variable, value: Any) -> None:
-    if _RAW_SLOT is not None:
-        _RAW_SLOT.__set__(var, value)
-    else:
-        var.set_raw_value(value)
+if isinstance(_RAW_SLOT, types.MemberDescriptorType):
+    _get_raw = operator.attrgetter("_raw_value")
+    _set_raw = _RAW_SLOT.__set__
+else:
+    _get_raw = operator.methodcaller("get_raw_value")
+    _set_raw = nnx.Variable.set_raw_value
 
 
 def _plus(value: Any, rows: int) -> np.ndarray:
@@ -135,7 +129,7 @@ class StepBinding:
 
         Args:
             inputs: The live state's leaves (``inputs()``).
-            chunk: The records of the batch's chunk (``RecordSchedule.batch``).
+            chunk: The records of the batch's chunk (``RecordSchedule.entry``).
             meta: int32 ``[epoch, valid rows, offset in the chunk]``.
             valid_rows: ``meta[1]`` as an int.
         """
@@ -202,16 +196,20 @@ class StepBinding:
         ``host_counts`` gives the host operators' ``(applied, skipped)`` when
         they are not ``valid_rows`` each (a ``HostFilter`` dropped records).
         """
-        for i, var in enumerate(self._host_applied):
-            if host_counts is not None and i < len(host_counts):
-                applied, skipped = host_counts[i]
-                _set_raw(var, _plus(_get_raw(var), applied))
-                if skipped:
-                    _set_raw(self._host_skipped[i], _plus(_get_raw(self._host_skipped[i]), skipped))
-            else:
+        if host_counts is None:  # every batch of an unfiltered stream: kept short, it runs per batch
+            for var in self._host_applied:
                 _set_raw(var, _plus(_get_raw(var), valid_rows))
+        else:
+            for i, var in enumerate(self._host_applied):
+                if i < len(host_counts):
+                    applied, skipped = host_counts[i]
+                    _set_raw(var, _plus(_get_raw(var), applied))
+                    if skipped:
+                        _set_raw(self._host_skipped[i], _plus(_get_raw(self._host_skipped[i]), skipped))
+                else:
+                    _set_raw(var, _plus(_get_raw(var), valid_rows))
         if increments is not None:
-            current = [v.get_raw_value() for v in self._device_vars]
+            current = list(map(_get_raw, self._device_vars))
             for var, value in zip(self._device_vars, self.program.accumulate(current, increments), strict=True):
                 _set_raw(var, value)
 

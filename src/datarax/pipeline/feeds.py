@@ -82,10 +82,14 @@ class DeviceFeed:
 
     def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> Served:
         """The batch at ``(epoch, position)``."""
-        chunk, meta = self.records.batch(epoch, position)
-        valid_rows = self.records.valid_rows(position)
+        batch, increments, valid_rows, after = self.serve(inputs, epoch, position)
+        return Served(batch, increments, valid_rows, epoch, after)
+
+    def serve(self, inputs: Any, epoch: int, position: int) -> tuple[dict[str, Any], Any, int, tuple[int, int]]:
+        """``run`` as a plain tuple ``(batch, increments, valid_rows, next)``: the iterator's per-batch path."""
+        chunk, meta, valid_rows, after = self.records.entry(epoch, position)
         batch, increments = self.binding.run(inputs, chunk, meta, valid_rows)
-        return Served(batch, increments, valid_rows, epoch, self.records.stream.advance(epoch, position))
+        return batch, increments, valid_rows, after
 
     def scan_inputs(self, cursors: list[tuple[int, int]]) -> tuple[Any, ...]:
         """What ``StepBinding.scan`` needs for the batches at ``cursors``: ``(records, metas)``."""

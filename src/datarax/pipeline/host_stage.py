@@ -120,7 +120,7 @@ class HostStage(RecordCollator):
         """The Feistel records of ``chunk_size(B)`` positions from ``chunk_start``, computed once per chunk.
 
         Permuting a batch's 128 positions alone cost about 0.25 ms (six numpy rounds of tiny arrays);
-        a chunk of about 16K positions costs little more, so batches slice a cached chunk instead.
+        a chunk of about 64K positions costs little more per call, so batches slice a cached chunk instead.
         """
         key = (epoch, chunk_start)
         with self._chunk_lock:

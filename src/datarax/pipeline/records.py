@@ -5,7 +5,7 @@ position ``p`` holds record ``perm(seed, e)[p]`` (the sampler: the Feistel
 permutation, or the identity). Positions past the end of the epoch are
 clamped to the last one, so padding rows repeat the epoch's last real record.
 
-The records are computed a *chunk* of batches at a time (about 16K positions)
+The records are computed a *chunk* of batches at a time (about 64K positions)
 by one small jitted call, and the chunk stays on the device: each batch's step
 receives the chunk and its offset and slices its rows itself. So per batch
 nothing is computed on the host and no index vector is transferred, and the
@@ -25,6 +25,8 @@ Example:
     [0, 2, 8]
     >>> np.asarray(chunk)[8:12].tolist()
     [8, 9, 9, 9]
+    >>> schedule.entry(0, 8)[2:]  # its valid rows and the cursor after it
+    (2, (1, 0))
     >>> records, metas = schedule.batches([(0, 8)])
     >>> records.tolist(), metas.tolist()
     ([[8, 9, 9, 9]], [[0, 2]])
@@ -40,7 +42,7 @@ import numpy as np
 
 from datarax.pipeline.stream import StreamSpec
 
-CHUNK_POSITIONS = 16384
+CHUNK_POSITIONS = 65536
 
 
 def chunk_size(batch_size: int) -> int:
@@ -66,9 +68,9 @@ class RecordSchedule:
         self._sampler = sampler
         self._chunk = chunk_size(stream.batch_size)
         self._compute = compute_chunk or self._host_chunk
+        self._size = stream.batch_size
         self._cached: tuple[int, int] | None = None
-        self._records: Any = None
-        self._metas: list[np.ndarray] = []
+        self._entries: list[tuple[Any, Any, int, tuple[int, int]]] = []
 
     def _host_chunk(self, epoch: int, chunk_start: int) -> np.ndarray:
         n = self.stream.num_records
@@ -80,27 +82,48 @@ class RecordSchedule:
         """Positions per chunk (a multiple of the batch size)."""
         return self._chunk
 
-    def _chunk_for(self, epoch: int, chunk_start: int) -> Any:
-        if self._cached != (epoch, chunk_start):
-            # A new array per chunk, never written: batches dispatched from
-            # the previous chunk may still be reading it.
-            self._records = self._compute(epoch, chunk_start)
-            self._cached = (epoch, chunk_start)
-            # Each batch's meta, made once per chunk rather than once per batch
-            # (read-only: the step may still be reading an earlier batch's).
-            size = self.stream.batch_size
-            metas = [
-                np.array([epoch, self.valid_rows(chunk_start + offset), offset], np.int32)
-                for offset in range(0, min(self._chunk, self.stream.positions_per_epoch - chunk_start), size)
-            ]
-            # A step over several devices copies a NumPy argument to each of them on every call
-            # (measured on 8 CPU devices: 137 us of a 470 us batch), so there the metas are put
-            # where the chunk is, in one transfer per chunk. On one device NumPy is cheaper
-            # (device-resident metas measured 1.02x (W1) and 1.10x (W2) the per-batch cost).
-            sharding = getattr(self._records, "sharding", None)
-            spread = sharding is not None and len(sharding.device_set) > 1
-            self._metas = jax.device_put(metas, sharding) if spread else metas
-        return self._records
+    def _chunk_for(self, epoch: int, chunk_start: int) -> None:
+        # A new array per chunk, never written: batches dispatched from
+        # the previous chunk may still be reading it.
+        records = self._compute(epoch, chunk_start)
+        # Everything a batch of the chunk needs is made here, once per chunk, so
+        # that a batch costs one lookup: on the CPU backend each microsecond of
+        # Python between two batches is taken from XLA's compute threads and
+        # costs several there (docs/benchmarks.md, issue 7, fourth pass).
+        # Metas are read-only: the step may still be reading an earlier one.
+        size, stream = self._size, self.stream
+        starts = np.arange(chunk_start, min(chunk_start + self._chunk, stream.positions_per_epoch), size)
+        table = np.empty((len(starts), 3), np.int32)  # one [epoch, valid rows, offset] per batch
+        table[:, 0] = epoch
+        table[:, 1] = np.minimum(size, stream.num_records - starts)
+        table[:, 2] = starts - chunk_start
+        metas = list(table)  # row views of one array, made in one call
+        # A step over several devices copies a NumPy argument to each of them on every call
+        # (measured on 8 CPU devices: 137 us of a 470 us batch), so there the metas are put
+        # where the chunk is, in one transfer per chunk. On one device NumPy is cheaper
+        # (device-resident metas measured 1.02x (W1) and 1.10x (W2) the per-batch cost).
+        sharding = getattr(records, "sharding", None)
+        if sharding is not None and len(sharding.device_set) > 1:
+            metas = jax.device_put(metas, sharding)
+        positions = starts.tolist()
+        afters = [(epoch, start + size) for start in positions[:-1]] + [stream.advance(epoch, positions[-1])]
+        self._entries = [
+            (records, meta, rows, after) for meta, rows, after in zip(metas, table[:, 1].tolist(), afters, strict=True)
+        ]
+        self._cached = (epoch, chunk_start)
+
+    def entry(self, epoch: int, start: int) -> tuple[Any, Any, int, tuple[int, int]]:
+        """Everything the step needs for the batch at ``(epoch, start)``, and the cursor after it.
+
+        Returns:
+            ``(chunk, meta, valid_rows, next)``: the int32 chunk of records
+            holding the batch, its int32 ``[epoch, valid rows, offset in the
+            chunk]``, its real rows and the cursor of the batch after it.
+        """
+        offset = start % self._chunk
+        if self._cached != (epoch, start - offset):
+            self._chunk_for(epoch, start - offset)
+        return self._entries[offset // self._size]
 
     def batch(self, epoch: int, start: int) -> tuple[Any, np.ndarray]:
         """The chunk holding the batch at ``(epoch, start)`` and its ``[epoch, valid rows, offset]``.
@@ -110,9 +133,8 @@ class RecordSchedule:
             array; the batch's records are
             ``chunk[offset : offset + B]``.
         """
-        offset = start % self._chunk
-        chunk = self._records if self._cached == (epoch, start - offset) else self._chunk_for(epoch, start - offset)
-        return chunk, self._metas[offset // self.stream.batch_size]
+        chunk, meta, _, _ = self.entry(epoch, start)
+        return chunk, meta
 
     def valid_rows(self, start: int) -> int:
         """Real rows of the batch whose first row is epoch position ``start``."""
