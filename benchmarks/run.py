@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -129,7 +130,7 @@ def systems_for(w: dict) -> dict:
 
 
 def measure(workloads: list[dict], *, repeats: int) -> list[dict]:
-    """Times every system of every workload of the group, alternated round robin; medians."""
+    """Times every system of every workload of the group, alternated in a random order per round; medians."""
     prepared = []
     for w in workloads:
         kw = {"flip": w.get("flip", False), "chain": w.get("chain", 0), "target": w.get("target", "image")}
@@ -138,10 +139,16 @@ def measure(workloads: list[dict], *, repeats: int) -> list[dict]:
         for run in systems.values():
             run(0)  # warm-up: compilation, first touch of the data
         prepared.append((w, ttfb, systems, {name: [] for name in systems}))
+    # Each round runs the systems in a new random order (seeded): in a fixed order every system
+    # always follows the same one, and on these machines what ran just before (threads asleep or
+    # spinning, caches) measurably shifts an epoch's time.
+    order = random.Random(0)
     for r in range(repeats):
         for _, _, systems, times in prepared:
-            for name, run in systems.items():
-                times[name].append(run(r + 1))
+            names = list(systems)
+            order.shuffle(names)
+            for name in names:
+                times[name].append(systems[name](r + 1))
     rows = []
     for w, ttfb, _, times in prepared:
         steps = w["data"]["image"].shape[0] // w["batch_size"]

@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
-from datarax.core.fusion import materialize, replicated_probe
+from datarax.core.fusion import replicated_probe
 from datarax.core.module import IterationCount
 from datarax.core.prng import record_keys
 from datarax.pipeline.dag import SOURCE, DagGraph
@@ -187,15 +187,15 @@ def transform_records(
         The batch dict, with ``valid_mask``.
     """
     values = {SOURCE: dict(columns) if columns is not None else source.get_records(records)}
-    # Every node's keys, computed first and materialised together: left to XLA, each key hash
-    # is fused into the loops of the operator that reads it and recomputed there per element
-    # (measured: the CIFAR chain's step 1.7 -> 0.9 ms on the CPU).
-    # Fusion boundaries take their predicate from the epoch, which every device holds: from the
-    # batch's values, a sharded step would all-reduce a value across its devices at each boundary.
+    # Every node's keys are left to XLA to fuse into the loops that read them: the hash is the
+    # unrolled Threefry (core/threefry), which LLVM computes once per row there. A fusion
+    # boundary in front of them (a conditional, core/fusion) used to halve the CIFAR chain's step
+    # when the hash was a rolled loop; measured again on 2026-12-04 it gained nothing there
+    # (634 vs 639 us per batch) and cost about 11% of a W1 batch, so it was removed.
+    # Fusion boundaries that operators ask for take their predicate from the epoch, which every
+    # device holds: from the batch's values, a sharded step would all-reduce a value at each one.
     with replicated_probe(jnp.asarray(epoch)):
-        keys = materialize(
-            {node: node_record_keys(plan, node, nodes[node], epoch, records) for node in plan.graph.order}
-        )
+        keys = {node: node_record_keys(plan, node, nodes[node], epoch, records) for node in plan.graph.order}
         for node in plan.graph.order:
             op = nodes[node]
             inputs = merge_inputs([values[p] for p in plan.graph.inputs[node]])
