@@ -268,20 +268,20 @@ def test_without_prefetch_a_device_source_takes_the_direct_path(reference, pipel
 
 
 def test_a_failed_direct_call_changes_nothing():
-    # A step that fails (here: the binding raising once) leaves the cursor, the counters and the
+    # A step that fails (here: the compiled step raising once) leaves the cursor, the counters and the
     # epochs started as they were, and the next call serves the batch that failed.
     failing, reference = _build(prefetch=0), _build(prefetch=0)
     it, ref = iter(failing), iter(reference)
     next(it), next(ref)
     op = next(iter(failing.nodes.values()))  # the one operator
     state, counts = it.get_state(), op.get_operation_stats()
-    run = it.binding.run
+    step = it.binding._step
 
     def broken(*args):
-        it.binding.run = run
+        it.binding._step = step
         raise RuntimeError("device step failed")
 
-    it.binding.run = broken
+    it.binding._step = broken
     with pytest.raises(RuntimeError, match="device step failed"):
         next(it)
     assert it.get_state() == state and op.get_operation_stats() == counts

@@ -119,10 +119,26 @@ def test_chunk_size_is_whole_batches_near_chunk_positions(batch_size, expected):
     assert max(batch_size, CHUNK_POSITIONS - batch_size + 1) <= expected <= max(batch_size, CHUNK_POSITIONS)
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "num_records", "expected"),
+    [
+        (128, 50000, 50048),  # W1: one epoch's 391 batches, not 512
+        (100, 140037, 65500),  # several chunks per epoch: as without a record count
+        (4, 10, 12),
+        (8, 3, 8),  # one batch, however few records
+        (70000, 150001, 70000),
+    ],
+)
+def test_a_chunk_holds_no_more_than_an_epochs_batches(batch_size, num_records, expected):
+    assert chunk_size(batch_size, num_records) == expected
+    assert chunk_size(batch_size, num_records) <= chunk_size(batch_size)
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 100, 70000])
-def test_schedule_chunk_size_follows_the_batch_size(batch_size):
-    schedule = RecordSchedule(_stream(100, batch_size, False), _sampler(False))
-    assert schedule.chunk_size == chunk_size(batch_size)
+@pytest.mark.parametrize("n", [100, 200000])
+def test_schedule_chunk_size_follows_the_batch_size_and_the_records(batch_size, n):
+    schedule = RecordSchedule(_stream(n, batch_size, False), _sampler(False))
+    assert schedule.chunk_size == chunk_size(batch_size, n)
 
 
 # --- the records of every batch ------------------------------------------------------------------
@@ -141,7 +157,7 @@ def test_pipeline_device_schedule_matches_feistel(n, batch_size, shuffle):
     iterator = iter(pipeline)
     schedule = iterator.feed.records
     assert schedule.stream is pipeline.stream
-    assert schedule.chunk_size == chunk_size(batch_size)
+    assert schedule.chunk_size == chunk_size(batch_size, n)
     if shuffle:
         assert pipeline.stream.seed == SEED
     _check_schedule(schedule, device=True)

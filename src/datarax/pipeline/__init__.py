@@ -2,6 +2,7 @@
 
 from datarax.pipeline.compilation_cache import disable_compilation_cache, enable_compilation_cache
 from datarax.pipeline.dag import DagGraph, validate_dag
+from datarax.pipeline.host_allocator import AllocatorSettings, host_allocator_settings, tune_host_allocator
 from datarax.pipeline.host_stage import HostStageError
 from datarax.pipeline.iterator import PipelineIterator
 from datarax.pipeline.pipeline import Pipeline
@@ -11,6 +12,7 @@ from datarax.pipeline.stream import StreamSpec
 
 __all__ = [
     "PROGRAMS",
+    "AllocatorSettings",
     "DagGraph",
     "HostStageError",
     "Pipeline",
@@ -21,6 +23,8 @@ __all__ = [
     "StreamSpec",
     "disable_compilation_cache",
     "enable_compilation_cache",
+    "host_allocator_settings",
     "prefetch_to_device",
+    "tune_host_allocator",
     "validate_dag",
 ]

@@ -55,13 +55,17 @@ else:
     _set_raw = nnx.Variable.set_raw_value
 
 
+_INT32 = np.dtype(np.int32)  # an instance: np.array converts a type object on every call
+
+
 def _plus(value: Any, rows: int) -> np.ndarray:
-    # A 0-d int32 array like the counters JAX holds (it supports `counter[...] += n`),
-    # wrapping as JAX's int32 arithmetic would.
+    # A new 0-d int32 array like the counters JAX holds (it supports `counter[...] += n`, which
+    # changes a NumPy value in place, so one array is never shared or reused), wrapping as JAX's
+    # int32 arithmetic would.
     total = int(value) + rows
     if total > 2**31 - 1:
         total -= 2**32
-    return np.array(total, dtype=np.int32)
+    return np.array(total, _INT32)
 
 
 class StepBinding:
@@ -137,6 +141,22 @@ class StepBinding:
         mask = self._masks.get(valid_rows)
         batch[VALID_MASK] = mask if mask is not None else self.valid_mask(valid_rows)
         return batch, increments
+
+    def hand_out(self, chunk: Any, meta: Any, valid_rows: int) -> dict[str, jax.Array]:
+        """``run`` then ``commit``, in one call: the whole per-batch path of an iterator without read-ahead.
+
+        The counts are committed once the step has returned, so a step that
+        fails changes nothing.
+        """
+        batch, increments = self._step(self.inputs(), chunk, meta)
+        mask = self._masks.get(valid_rows)
+        batch[VALID_MASK] = mask if mask is not None else self.valid_mask(valid_rows)
+        if increments is None:  # commit(None, valid_rows), written out: it runs on every batch
+            for var in self._host_applied:
+                _set_raw(var, _plus(_get_raw(var), valid_rows))
+        else:
+            self.commit(increments, valid_rows)
+        return batch
 
     def run_host(
         self, inputs: Sequence[Any], columns: Any, records: Any, meta: Any, valid_rows: int

@@ -81,15 +81,14 @@ class DeviceFeed:
         self.binding = binding
 
     def run(self, inputs: Any, epoch: int, position: int, stop_epoch: int | None) -> Served:
-        """The batch at ``(epoch, position)``."""
-        batch, increments, valid_rows, after = self.serve(inputs, epoch, position)
-        return Served(batch, increments, valid_rows, epoch, after)
+        """The batch at ``(epoch, position)``.
 
-    def serve(self, inputs: Any, epoch: int, position: int) -> tuple[dict[str, Any], Any, int, tuple[int, int]]:
-        """``run`` as a plain tuple ``(batch, increments, valid_rows, next)``: the iterator's per-batch path."""
+        (An iterator without read-ahead skips this: it takes ``records.entry``
+        and ``StepBinding.hand_out`` directly.)
+        """
         chunk, meta, valid_rows, after = self.records.entry(epoch, position)
         batch, increments = self.binding.run(inputs, chunk, meta, valid_rows)
-        return batch, increments, valid_rows, after
+        return Served(batch, increments, valid_rows, epoch, after)
 
     def scan_inputs(self, cursors: list[tuple[int, int]]) -> tuple[Any, ...]:
         """What ``StepBinding.scan`` needs for the batches at ``cursors``: ``(records, metas)``."""

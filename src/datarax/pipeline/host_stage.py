@@ -93,7 +93,7 @@ class HostStage(RecordCollator):
         self.source = source
         self.shuffle = shuffle
         self.num_records = len(source)
-        self._chunk = chunk_size(batch_size)
+        self._chunk = chunk_size(batch_size, self.num_records)
         self._chunks: dict[tuple[int, int], np.ndarray] = {}
         self._chunk_lock = threading.Lock()
         if self.spec is None:
@@ -117,7 +117,7 @@ class HostStage(RecordCollator):
         return np.concatenate([chunk[offset:], following[: offset + size - self._chunk]]), valid_rows
 
     def _chunk_records(self, epoch: int, chunk_start: int) -> np.ndarray:
-        """The Feistel records of ``chunk_size(B)`` positions from ``chunk_start``, computed once per chunk.
+        """The Feistel records of ``chunk_size(B, N)`` positions from ``chunk_start``, computed once per chunk.
 
         Permuting a batch's 128 positions alone cost about 0.25 ms (six numpy rounds of tiny arrays);
         a chunk of about 64K positions costs little more per call, so batches slice a cached chunk instead.

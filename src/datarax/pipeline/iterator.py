@@ -48,6 +48,7 @@ from flax import nnx
 from datarax.core.validation import is_int, positive_int
 from datarax.pipeline.binding import StepBinding
 from datarax.pipeline.feeds import DeviceFeed, FilteredHostFeed, HostFeed
+from datarax.pipeline.host_allocator import tune_host_allocator
 from datarax.pipeline.stream import StreamSpec
 from datarax.pipeline.stream_feed import StreamFeed
 
@@ -121,6 +122,7 @@ class PipelineIterator:
         # direct path, whose Python is a third of the queued path's (on the CPU backend every
         # microsecond of it is taken from XLA's compute threads; docs/benchmarks.md, issue 7).
         self._direct = feed if isinstance(feed, DeviceFeed) and prefetch == 0 else None
+        self._direct_entry = feed.records.entry if self._direct is not None else None
 
     # -- the stream -----------------------------------------------------------
 
@@ -156,9 +158,28 @@ class PipelineIterator:
     def __iter__(self) -> PipelineIterator:
         return self
 
+    def _epoch_handed_out(self, epoch: int, batch: dict[str, jax.Array]) -> None:
+        # Once per epoch: the pipeline counts started epochs, and the host allocator is sized to
+        # keep this many batches' buffers instead of faulting them in again (host_allocator).
+        self._on_epoch(epoch)
+        self._reported_epoch = epoch
+        batch_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(batch))
+        tune_host_allocator(batch_bytes, batches_held=self._prefetch + 2)
+
     def __next__(self) -> dict[str, jax.Array]:
         if self._direct is not None:
-            return self._next_direct()
+            # The direct path, written out here rather than in helpers: each Python frame on it
+            # is paid on every batch, from the CPU that XLA's compute threads share.
+            epoch = self._epoch
+            if self._stop_epoch is not None and epoch >= self._stop_epoch:
+                raise StopIteration
+            # Nothing changes before the step has returned: a failed call leaves the cursor where it was.
+            chunk, meta, valid_rows, after = self._direct_entry(epoch, self._position)
+            batch = self._binding.hand_out(chunk, meta, valid_rows)
+            self._epoch, self._position = after
+            if epoch != self._reported_epoch:
+                self._epoch_handed_out(epoch, batch)
+            return batch
         if self._deferred is not None:  # the batch after the last one handed out failed while read ahead
             error, self._deferred = self._deferred, None
             self._queue.clear()
@@ -178,27 +199,13 @@ class PipelineIterator:
         self._binding.commit(head.increments, head.valid_rows, head.host_counts)
         self._epoch, self._position = head.next
         if head.epoch != self._reported_epoch:
-            self._on_epoch(head.epoch)
-            self._reported_epoch = head.epoch
+            self._epoch_handed_out(head.epoch, head.batch)
         if self._prefetch:
             try:
                 self._fill(self._prefetch, inputs)  # keep the device busy while the consumer works
             except Exception as error:  # noqa: BLE001 - this batch is good: the error belongs to a later one
                 self._deferred = error
         return head.batch
-
-    def _next_direct(self) -> dict[str, jax.Array]:
-        epoch = self._epoch
-        if self._stop_epoch is not None and epoch >= self._stop_epoch:
-            raise StopIteration
-        # Nothing changes before the step has returned: a failed call leaves the cursor where it was.
-        batch, increments, valid_rows, after = self._direct.serve(self._binding.inputs(), epoch, self._position)
-        self._binding.commit(increments, valid_rows)
-        self._epoch, self._position = after
-        if epoch != self._reported_epoch:
-            self._on_epoch(epoch)
-            self._reported_epoch = epoch
-        return batch
 
     @property
     def feed(self) -> DeviceFeed | HostFeed | FilteredHostFeed | StreamFeed:

@@ -307,7 +307,8 @@ class StepProgram:
 
     def _chunk(self, fixed, layout, epoch, chunk_start):
         _, sampler, _ = self._merged(fixed, layout)
-        n, size = self.plan.num_records, chunk_size(self.plan.batch_size)
+        n = self.plan.num_records
+        size = chunk_size(self.plan.batch_size, n)
         positions = jnp.minimum(epoch_positions(chunk_start, size), np.uint32(n - 1)).astype(jnp.int32)
         return sampler.indices_at(positions, n, epoch).astype(jnp.int32)
 

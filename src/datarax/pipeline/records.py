@@ -45,9 +45,17 @@ from datarax.pipeline.stream import StreamSpec
 CHUNK_POSITIONS = 65536
 
 
-def chunk_size(batch_size: int) -> int:
-    """Positions per chunk: about ``CHUNK_POSITIONS``, in whole batches."""
-    return max(1, CHUNK_POSITIONS // batch_size) * batch_size
+def chunk_size(batch_size: int, num_records: int | None = None) -> int:
+    """Positions per chunk: about ``CHUNK_POSITIONS``, in whole batches, and no more than an epoch's batches.
+
+    A smaller dataset gets a chunk of one epoch: each epoch computes its
+    records once, and none past its end (a 50,000-record epoch in batches of
+    128 computed 65,536 positions, 31% more than it serves).
+    """
+    batches = max(1, CHUNK_POSITIONS // batch_size)
+    if num_records is not None:
+        batches = min(batches, max(1, -(-num_records // batch_size)))
+    return batches * batch_size
 
 
 class RecordSchedule:
@@ -57,7 +65,7 @@ class RecordSchedule:
         stream: The stream.
         sampler: Has ``indices_at_np(positions, num_records, epoch)``.
         compute_chunk: ``compute_chunk(epoch, chunk_start)``: the records of
-            the ``chunk_size(B)`` positions from ``chunk_start`` (clamped to the
+            the ``chunk_size(B, N)`` positions from ``chunk_start`` (clamped to the
             last record), as an int32 device array (the pipeline's program
             computes it with the sampler's ``indices_at``). Defaults to the
             sampler's ``indices_at_np``, on the host.
@@ -66,7 +74,7 @@ class RecordSchedule:
     def __init__(self, stream: StreamSpec, sampler: Any, compute_chunk: Callable[[int, int], Any] | None = None):
         self.stream = stream
         self._sampler = sampler
-        self._chunk = chunk_size(stream.batch_size)
+        self._chunk = chunk_size(stream.batch_size, stream.num_records)
         self._compute = compute_chunk or self._host_chunk
         self._size = stream.batch_size
         self._cached: tuple[int, int] | None = None
