@@ -275,8 +275,15 @@ def test_bench_writes_the_table_the_json_and_a_png(tmp_path):
     result = run_cli("bench", "--scale", "0.01", "--repeats", "3", "--peers", "--out", str(out), script=True)
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
-    assert "| system | el/s | ms/batch | per-batch cost ÷ reference | throughput ÷ reference |" in text
-    assert re.search(r"W1: datarax per-batch cost = \d+\.\d\dx the tuned reference", text)
+    assert (
+        "| system | el/s | ms/batch | per-batch cost ÷ reference | throughput ÷ reference "
+        "| throughput ÷ reference, paired |" in text
+    )
+    assert re.search(
+        r"W1: datarax throughput = \d+\.\d\dx the tuned reference, paired per round "
+        r"\(ratio of medians: per-batch cost \d+\.\d\dx, throughput \d+\.\d\dx\)",
+        text,
+    )
     assert "W3: depth 1 -> 32 slowdown" in text
     # Grain is in the test environment; torch is not: said in one line, and the run goes on.
     try:
@@ -306,6 +313,7 @@ def test_bench_writes_the_table_the_json_and_a_png(tmp_path):
         assert workload["reference"].startswith("tuned") and systems[workload["reference"]][
             "throughput_vs_reference"
         ] == pytest.approx(1.0)
+        assert systems[workload["reference"]]["throughput_vs_reference_paired"] == pytest.approx(1.0)
         assert "Grain" in systems and document["datarax_default"] in systems and "numpy loop" in systems
         for figures_of_one in systems.values():
             assert len(figures_of_one["epochs_s"]) == 3
@@ -332,11 +340,13 @@ def test_figures_are_ratios_to_the_reference():
         "reference": "tuned: select",
         "median": {"tuned: select": 0.5, "datarax (default prefetch=0)": 0.25, "Grain": 2.0},
         "times": {"tuned: select": [0.5] * 3, "datarax (default prefetch=0)": [0.25] * 3, "Grain": [2.0] * 3},
+        "paired": {"tuned: select": 1.0, "datarax (default prefetch=0)": 1.9, "Grain": 0.3},
     }
     systems = figures([row], {})["workloads"][0]["systems"]
     assert list(systems) == ["datarax (default prefetch=0)", "tuned: select", "Grain"]  # fastest first
     assert systems["datarax (default prefetch=0)"]["throughput_vs_reference"] == 2.0
     assert systems["Grain"]["cost_vs_reference"] == 4.0
+    assert systems["datarax (default prefetch=0)"]["throughput_vs_reference_paired"] == 1.9
     assert systems["Grain"]["ms_per_batch"] == 400.0
     assert [system_kind(name) for name in systems] == ["datarax", "tuned loop", "peer"]
 

@@ -2,8 +2,9 @@
 
 It runs the workloads of ``benchmarks/run.py`` with its building blocks (the data, the datarax
 pipelines, the tuned hand-written loops of ``benchmarks/baselines.py``, the time to first batch)
-in one process, every system of a workload timed round robin over ``--repeats`` full epochs after
-a warm-up epoch, and reports medians:
+in one process, every system of a workload timed over ``--repeats`` rounds (each a full epoch of
+every system, in a new random order) after a warm-up epoch, and reports medians and the median of
+per-round ratios (see ``benchmarks/run.py``):
 
 * W1: 50,000 x 32x32x3 uint8 images + labels, shuffle, /255, random horizontal flip, batch 128;
 * W2: 60,000 x 28x28 uint8 images, shuffle, /255, batch 256;
@@ -23,7 +24,8 @@ source checkout, not of the installed package: run ``datarax bench`` from the ch
 Example:
     >>> row = {"workload": "W2", "batch": 256, "steps": 10, "first batch s": 0.5,
     ...        "reference": "tuned: select", "median": {"tuned: select": 0.02, "numpy loop": 0.08},
-    ...        "times": {"tuned: select": [0.02, 0.02, 0.03], "numpy loop": [0.08, 0.08, 0.09]}}
+    ...        "times": {"tuned: select": [0.02, 0.02, 0.03], "numpy loop": [0.08, 0.08, 0.09]},
+    ...        "paired": {"tuned: select": 1.0, "numpy loop": 0.25}}
     >>> figure = figures([row], {"scale": 0.1})["workloads"][0]
     >>> figure["reference"], figure["systems"]["numpy loop"]["throughput_vs_reference"]
     ('tuned: select', 0.25)
@@ -205,46 +207,23 @@ def _options(w: dict[str, Any]) -> dict[str, Any]:
 def measure(
     run: Any, baselines: Any, workloads: list[dict[str, Any]], *, repeats: int, peers: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """``benchmarks/run.measure`` with the chosen peers among the systems, and every timing kept.
+    """``benchmarks/run.measure`` with the chosen peers among the systems.
 
     Returns:
-        One row per workload, with ``benchmarks/run.measure``'s keys (``workload``, ``batch``,
-        ``steps``, ``median``, ``reference``, ``first batch s``) plus ``times`` (every timed epoch).
+        ``benchmarks/run.measure``'s rows (``workload``, ``batch``, ``steps``, ``median``,
+        ``times``, ``paired``, ``reference``, ``first batch s``).
     """
-    import statistics
 
-    prepared = []
-    for w in workloads:
+    def systems(w: dict[str, Any]) -> dict[str, Any]:
         kw = _options(w)
-        ttfb = run.time_to_first_batch(w["data"], w["batch_size"], **kw)
-        systems = {name: fn for name, fn in run.systems_for(w).items() if name != TORCH}
+        chosen = {name: fn for name, fn in run.systems_for(w).items() if name != TORCH}
         if "Grain" in peers:
-            systems["Grain"] = make_grain_loader(baselines, w["data"], w["batch_size"], **kw)
+            chosen["Grain"] = make_grain_loader(baselines, w["data"], w["batch_size"], **kw)
         if TORCH in peers:
-            systems[TORCH] = baselines.make_torch_loader(w["data"], w["batch_size"], **kw)
-        systems = {name: fn for name, fn in systems.items() if fn is not None}
-        for epoch in systems.values():
-            epoch(0)  # warm-up: compilation, first touch of the data
-        prepared.append((w, ttfb, systems, {name: [] for name in systems}))
-    for r in range(repeats):
-        for _, _, systems, times in prepared:
-            for name, epoch in systems.items():
-                times[name].append(epoch(r + 1))
-    rows = []
-    for w, ttfb, _, times in prepared:
-        median = {name: statistics.median(t) for name, t in times.items()}
-        rows.append(
-            {
-                "workload": w["name"],
-                "batch": w["batch_size"],
-                "steps": w["data"]["image"].shape[0] // w["batch_size"],
-                "median": median,
-                "reference": min((n for n in median if n.startswith("tuned")), key=median.get),
-                "first batch s": ttfb,
-                "times": times,
-            }
-        )
-    return rows
+            chosen[TORCH] = baselines.make_torch_loader(w["data"], w["batch_size"], **kw)
+        return chosen
+
+    return run.measure(workloads, repeats=repeats, systems=systems)
 
 
 def system_kind(name: str) -> str:
@@ -268,8 +247,9 @@ def figures(rows: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, An
     Returns:
         ``{**context, "workloads": [{"workload", "batch_size", "steps", "elements", "reference",
         "time_to_first_batch_s", "systems": {name: {"kind", "epoch_s", "epochs_s", "elements_per_s",
-        "ms_per_batch", "throughput_vs_reference", "cost_vs_reference"}}}]}``; ratios are to the
-        workload's reference (the fastest tuned hand-written loop of the run).
+        "ms_per_batch", "throughput_vs_reference", "throughput_vs_reference_paired",
+        "cost_vs_reference"}}}]}``; ratios are to the workload's reference (the fastest tuned
+        hand-written loop of the run), of medians or (``_paired``) the median of per-round ratios.
     """
     workloads = []
     for row in rows:
@@ -284,6 +264,7 @@ def figures(rows: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, An
                 "elements_per_s": elements / seconds,
                 "ms_per_batch": 1e3 * seconds / row["steps"],
                 "throughput_vs_reference": reference / seconds,
+                "throughput_vs_reference_paired": row["paired"][name],
                 "cost_vs_reference": seconds / reference,
             }
         workloads.append(
@@ -346,8 +327,8 @@ def summary_lines(rows: list[dict[str, Any]], default: str) -> list[str]:
         if row["workload"] in ("W1", "W2"):
             ratio = row["median"][default] / row["median"][row["reference"]]
             lines.append(
-                f"{row['workload']}: datarax per-batch cost = {ratio:.2f}x the tuned reference "
-                f"(throughput {1 / ratio:.2f}x)"
+                f"{row['workload']}: datarax throughput = {row['paired'][default]:.2f}x the tuned reference, "
+                f"paired per round (ratio of medians: per-batch cost {ratio:.2f}x, throughput {1 / ratio:.2f}x)"
             )
         for peer in PEERS:
             if peer in row["median"]:
