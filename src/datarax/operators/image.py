@@ -136,8 +136,11 @@ class RandomFlip(OperatorModule):
         key = record_key(self, key)
         require_element(self, element)
         p = self.config.probability
-        # The coin goes behind an optimization barrier: otherwise XLA fuses its
-        # hash into the select and recomputes it for every pixel of the record.
+        # The coin goes behind an optimization barrier so that a backend which keeps
+        # barriers computes its hash once per record rather than inside the select, for
+        # every pixel. XLA:CPU drops barriers before fusion and fuses the hash into the
+        # pixel loop; measured there, a separate coin fusion was no faster
+        # (docs/benchmarks.md, issue 7 sixth pass).
         flip = (p == 1) if key is None else jax.lax.optimization_barrier(threefry.bernoulli(key, p))
         out = dict(element)
         for field in self.config.fields:
