@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any, Generic
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from datarax.core.config import DataraxModuleConfig
@@ -56,7 +57,37 @@ class IterationCount(nnx.Variable):
     ``nnx.vmap``; arrays are data and can. Having a type of its own also lets
     transforms single counters out, e.g. ``nnx.StateAxes({IterationCount: None})``
     to broadcast them or ``nnx.StateAxes({IterationCount: nnx.Carry})`` to carry them.
+
+    A count is a value, as a JAX array is: a pipeline stores its counts as
+    read-only 0-d NumPy arrays (made ahead and shared between counters:
+    ``datarax.pipeline.counts``), reading one (``counter[...]``,
+    ``get_value``) gives a copy the caller may change, and writing one
+    (``counter[...] = 0``, ``counter[...] += 1``) replaces the array rather
+    than changing it in place, so a count read or saved earlier never changes.
+
+    Example:
+        >>> import numpy as np
+        >>> count = IterationCount(np.array(3, np.int32))
+        >>> saved = count.get_raw_value()
+        >>> count[...] += 2
+        >>> int(count[...]), int(saved)
+        (5, 3)
     """
+
+    def get_value(self, **kwargs: Any) -> Any:
+        value = super().get_value(**kwargs)
+        if isinstance(value, np.ndarray):
+            value = value.copy()  # never a view of the stored count: the caller may change what it gets
+        return value
+
+    def set_value(self, value: Any, **kwargs: Any) -> None:
+        raw = self.get_raw_value()
+        if "index" in kwargs and isinstance(raw, np.ndarray):
+            # Never in place: an array written here may be shared, or held by a saved state.
+            replaced = raw.copy()
+            replaced[kwargs.pop("index")] = value
+            value = replaced
+        super().set_value(value, **kwargs)
 
 
 def check_stream_available(owner: str, stream_name: str, rngs: nnx.Rngs | None) -> None:

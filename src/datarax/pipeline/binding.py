@@ -9,8 +9,9 @@ pipelines, so it holds no state; the binding holds the pipeline's. It
 * leaves the operation counters out of the call: the step starts them at zero
   and returns increments, so no step depends on the previous one;
 * commits a batch's counts when the batch is handed out: valid rows for
-  ``counts_every_record`` operators, added on the host; the step's increments
-  for the others, added by one small jitted function off the step's path.
+  ``counts_every_record`` operators, added on the host from counts made ahead
+  (``datarax.pipeline.counts``); the step's increments for the others, added
+  by one small jitted function off the step's path.
 
 Example:
     >>> import numpy as np
@@ -27,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import operator
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,34 +38,11 @@ from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
 from datarax.core.module import IterationCount
+from datarax.pipeline.counts import CountLadder, frozen_sum
+from datarax.pipeline.counts import get_raw as _get_raw
+from datarax.pipeline.counts import set_raw as _set_raw
 from datarax.pipeline.program import StateLayout, StepProgram
 from datarax.pipeline.sharding import replicate
-
-# Variable.set_raw_value checks the JAX trace level on every call (a few
-# microseconds, paid per counter per batch); the iterator runs outside any
-# trace, so where flax keeps the value in a `_raw_value` slot (flax 0.12) the
-# slot is read and written directly (C-level accessors: this runs for every
-# variable on every batch), and through the public methods otherwise.
-_RAW_SLOT = getattr(nnx.Variable, "_raw_value", None)
-if isinstance(_RAW_SLOT, types.MemberDescriptorType):
-    _get_raw = operator.attrgetter("_raw_value")
-    _set_raw = _RAW_SLOT.__set__
-else:
-    _get_raw = operator.methodcaller("get_raw_value")
-    _set_raw = nnx.Variable.set_raw_value
-
-
-_INT32 = np.dtype(np.int32)  # an instance: np.array converts a type object on every call
-
-
-def _plus(value: Any, rows: int) -> np.ndarray:
-    # A new 0-d int32 array like the counters JAX holds (it supports `counter[...] += n`, which
-    # changes a NumPy value in place, so one array is never shared or reused), wrapping as JAX's
-    # int32 arithmetic would.
-    total = int(value) + rows
-    if total > 2**31 - 1:
-        total -= 2**32
-    return np.array(total, _INT32)
 
 
 class StepBinding:
@@ -86,6 +63,7 @@ class StepBinding:
         self._host_applied = [op._applied_count for op in host_operators]
         self._host_skipped = [op._skipped_count for op in host_operators]
         self._host_applied += [nodes[n]._applied_count for n in plan.host_counted]
+        self._every_record = CountLadder(self._host_applied)  # what an unfiltered batch adds to them
         # The same counters, in the same order, as the step's increments (device_counters).
         self._masks: dict[int, jax.Array] = {}
         self._device_vars = [
@@ -119,8 +97,8 @@ class StepBinding:
         The same list object as long as no variable was given a new value, so
         callers can tell cheaply (``is``) whether the state changed.
         """
-        current = list(map(_get_raw, self._variables))
-        if any(map(operator.is_not, current, self._seen)):
+        if not all(map(operator.is_, map(_get_raw, self._variables), self._seen)):
+            current = list(map(_get_raw, self._variables))
             leaves = self._fixed_leaves()
             if len(leaves) != self._num_fixed:  # a variable changed structure (e.g. statistics set)
                 self._bind()
@@ -152,8 +130,7 @@ class StepBinding:
         mask = self._masks.get(valid_rows)
         batch[VALID_MASK] = mask if mask is not None else self.valid_mask(valid_rows)
         if increments is None:  # commit(None, valid_rows), written out: it runs on every batch
-            for var in self._host_applied:
-                _set_raw(var, _plus(_get_raw(var), valid_rows))
+            self._every_record.add(valid_rows)
         else:
             self.commit(increments, valid_rows)
         return batch
@@ -216,18 +193,17 @@ class StepBinding:
         ``host_counts`` gives the host operators' ``(applied, skipped)`` when
         they are not ``valid_rows`` each (a ``HostFilter`` dropped records).
         """
-        if host_counts is None:  # every batch of an unfiltered stream: kept short, it runs per batch
-            for var in self._host_applied:
-                _set_raw(var, _plus(_get_raw(var), valid_rows))
+        if host_counts is None:  # every batch of an unfiltered stream
+            self._every_record.add(valid_rows)
         else:
             for i, var in enumerate(self._host_applied):
                 if i < len(host_counts):
                     applied, skipped = host_counts[i]
-                    _set_raw(var, _plus(_get_raw(var), applied))
+                    _set_raw(var, frozen_sum(_get_raw(var), applied))
                     if skipped:
-                        _set_raw(self._host_skipped[i], _plus(_get_raw(self._host_skipped[i]), skipped))
+                        _set_raw(self._host_skipped[i], frozen_sum(_get_raw(self._host_skipped[i]), skipped))
                 else:
-                    _set_raw(var, _plus(_get_raw(var), valid_rows))
+                    _set_raw(var, frozen_sum(_get_raw(var), valid_rows))
         if increments is not None:
             current = list(map(_get_raw, self._device_vars))
             for var, value in zip(self._device_vars, self.program.accumulate(current, increments), strict=True):
