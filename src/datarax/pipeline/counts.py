@@ -58,6 +58,7 @@ else:
 #: Counts made ahead per counter: the ladder is rebuilt every ``RUNGS`` batches.
 RUNGS = 64
 _RUNG_INDEX = [(k, Ellipsis) for k in range(RUNGS)]  # ``values[k, ...]`` is a 0-d view
+_INT32 = np.dtype(np.int32)  # an instance: np.array converts a type object on every call
 
 
 def frozen_counts(start: int, step: int, rungs: int = RUNGS) -> list[np.ndarray]:
@@ -77,7 +78,9 @@ def frozen_counts(start: int, step: int, rungs: int = RUNGS) -> list[np.ndarray]
 
 def frozen_sum(value: Any, rows: int) -> np.ndarray:
     """``value + rows`` as one read-only 0-d ``int32`` array (int32 wrapping)."""
-    return frozen_counts(int(value), rows, 1)[0]
+    total = np.array((int(value) + rows + 2**31) % 2**32 - 2**31, _INT32)
+    total.flags.writeable = False
+    return total
 
 
 class CountLadder:
