@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from datarax.core import row_tally
 from datarax.core.config import DataraxModuleConfig
 from datarax.core.constructor_args import rebuild, record_constructor_args, share_constructor_arguments
 from datarax.core.module_state import module_state_dict, restore_module_state
@@ -59,8 +60,7 @@ class IterationCount(nnx.Variable):
     to broadcast them or ``nnx.StateAxes({IterationCount: nnx.Carry})`` to carry them.
 
     A count is a value, as a JAX array is: a pipeline stores its counts as
-    read-only 0-d NumPy arrays (made ahead and shared between counters:
-    ``datarax.pipeline.counts``), reading one (``counter[...]``,
+    read-only 0-d NumPy arrays, reading one (``counter[...]``,
     ``get_value``) gives a copy the caller may change, and writing one
     (``counter[...] = 0``, ``counter[...] += 1``) replaces the array rather
     than changing it in place, so a count read or saved earlier never changes.
@@ -72,7 +72,14 @@ class IterationCount(nnx.Variable):
         >>> count[...] += 2
         >>> int(count[...]), int(saved)
         (5, 3)
+
+    A pipeline does not write these counts on every batch: a batch adds its
+    rows to its iterator's tally, and the count adds the rows it has not seen
+    when it is read (``datarax.core.row_tally``); a reader sees the same
+    values.
     """
+
+    __slots__ = ("_tallies",)  # [[RowTally, rows already counted], ...]: the tallies this count follows
 
     def get_value(self, **kwargs: Any) -> Any:
         value = super().get_value(**kwargs)
@@ -88,6 +95,9 @@ class IterationCount(nnx.Variable):
             replaced[kwargs.pop("index")] = value
             value = replaced
         super().set_value(value, **kwargs)
+
+
+row_tally.install(IterationCount)
 
 
 def check_stream_available(owner: str, stream_name: str, rngs: nnx.Rngs | None) -> None:

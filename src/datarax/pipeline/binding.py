@@ -9,9 +9,10 @@ pipelines, so it holds no state; the binding holds the pipeline's. It
 * leaves the operation counters out of the call: the step starts them at zero
   and returns increments, so no step depends on the previous one;
 * commits a batch's counts when the batch is handed out: valid rows for
-  ``counts_every_record`` operators, added on the host from counts made ahead
-  (``datarax.pipeline.counts``); the step's increments for the others, added
-  by one small jitted function off the step's path.
+  ``counts_every_record`` operators, added to one integer that their
+  counters fold in when read (``datarax.core.row_tally``); the step's
+  increments for the others, added by one small jitted function off the
+  step's path.
 
 Example:
     >>> import numpy as np
@@ -28,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import operator
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,11 +40,18 @@ from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
 from datarax.core.module import IterationCount
-from datarax.pipeline.counts import CountLadder, frozen_sum
-from datarax.pipeline.counts import get_raw as _get_raw
-from datarax.pipeline.counts import set_raw as _set_raw
+from datarax.core.row_tally import RowTally, follow, frozen_sum, set_count
 from datarax.pipeline.program import StateLayout, StepProgram
 from datarax.pipeline.sharding import replicate
+
+# The live-state check reads every variable's value on every batch; Variable.get_raw_value
+# is a Python call (a frame per variable), while flax 0.12 keeps the value in a `_raw_value`
+# slot that a C-level accessor reads (through datarax.core.row_tally's property for counts).
+_get_raw = (
+    operator.attrgetter("_raw_value")
+    if isinstance(nnx.Variable.__dict__.get("_raw_value"), types.MemberDescriptorType)
+    else operator.methodcaller("get_raw_value")
+)
 
 
 class StepBinding:
@@ -63,7 +72,8 @@ class StepBinding:
         self._host_applied = [op._applied_count for op in host_operators]
         self._host_skipped = [op._skipped_count for op in host_operators]
         self._host_applied += [nodes[n]._applied_count for n in plan.host_counted]
-        self._every_record = CountLadder(self._host_applied)  # what an unfiltered batch adds to them
+        # An unfiltered batch adds its valid rows to each of them: to this one tally, which they follow.
+        self._every_record = follow(self._host_applied, RowTally(self))
         # The same counters, in the same order, as the step's increments (device_counters).
         self._masks: dict[int, jax.Array] = {}
         self._device_vars = [
@@ -126,11 +136,14 @@ class StepBinding:
         The counts are committed once the step has returned, so a step that
         fails changes nothing.
         """
-        batch, increments = self._step(self.inputs(), chunk, meta)
+        # inputs(), written out: this runs on every batch, and each Python frame on it is
+        # taken from XLA's compute threads on the CPU backend (docs/benchmarks.md, issue 7).
+        unchanged = all(map(operator.is_, map(_get_raw, self._variables), self._seen))
+        batch, increments = self._step(self._leaves if unchanged else self.inputs(), chunk, meta)
         mask = self._masks.get(valid_rows)
         batch[VALID_MASK] = mask if mask is not None else self.valid_mask(valid_rows)
-        if increments is None:  # commit(None, valid_rows), written out: it runs on every batch
-            self._every_record.add(valid_rows)
+        if increments is None:  # commit(None, valid_rows), written out
+            self._every_record.rows += valid_rows
         else:
             self.commit(increments, valid_rows)
         return batch
@@ -194,20 +207,20 @@ class StepBinding:
         they are not ``valid_rows`` each (a ``HostFilter`` dropped records).
         """
         if host_counts is None:  # every batch of an unfiltered stream
-            self._every_record.add(valid_rows)
+            self._every_record.rows += valid_rows
         else:
             for i, var in enumerate(self._host_applied):
                 if i < len(host_counts):
                     applied, skipped = host_counts[i]
-                    _set_raw(var, frozen_sum(_get_raw(var), applied))
+                    set_count(var, frozen_sum(_get_raw(var), applied))
                     if skipped:
-                        _set_raw(self._host_skipped[i], frozen_sum(_get_raw(self._host_skipped[i]), skipped))
+                        set_count(self._host_skipped[i], frozen_sum(_get_raw(self._host_skipped[i]), skipped))
                 else:
-                    _set_raw(var, frozen_sum(_get_raw(var), valid_rows))
+                    set_count(var, frozen_sum(_get_raw(var), valid_rows))
         if increments is not None:
             current = list(map(_get_raw, self._device_vars))
             for var, value in zip(self._device_vars, self.program.accumulate(current, increments), strict=True):
-                _set_raw(var, value)
+                set_count(var, value)
 
 
 __all__ = ["StepBinding"]
