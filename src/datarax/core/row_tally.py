@@ -18,8 +18,9 @@ What a reader sees is exactly what writing on every batch would give:
 * writing a count (``counter[...] = 0``, ``reset_operation_stats``,
   ``nnx.update``, restoring a checkpoint) supersedes the rows tallied before
   it;
-* copies (``nnx.state``, ``nnx.clone``, ``copy.deepcopy``, pickling) hold
-  the count as read and follow no tally;
+* copies (``nnx.clone``, ``copy.deepcopy``, pickling, a variable JAX
+  rebuilt) hold the count as read and follow no tally (``nnx.state`` is not
+  a copy: in flax 0.12 it holds the live variables);
 * a counter may follow several tallies (two live iterators of one pipeline,
   one operator in two pipelines); a tally whose owner is gone has its rows
   folded in and is dropped.

@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import operator
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,18 +39,15 @@ from flax import nnx
 
 from datarax.core.batch_form import VALID_MASK
 from datarax.core.module import IterationCount
-from datarax.core.row_tally import RowTally, follow, frozen_sum, set_count
+from datarax.core.row_tally import LAZY, RowTally, follow, frozen_sum, set_count
 from datarax.pipeline.program import StateLayout, StepProgram
 from datarax.pipeline.sharding import replicate
 
 # The live-state check reads every variable's value on every batch; Variable.get_raw_value
-# is a Python call (a frame per variable), while flax 0.12 keeps the value in a `_raw_value`
-# slot that a C-level accessor reads (through datarax.core.row_tally's property for counts).
-_get_raw = (
-    operator.attrgetter("_raw_value")
-    if isinstance(nnx.Variable.__dict__.get("_raw_value"), types.MemberDescriptorType)
-    else operator.methodcaller("get_raw_value")
-)
+# is a Python call (a frame per variable), while where flax keeps the value in a `_raw_value`
+# slot (row_tally.LAZY: flax 0.12) a C-level accessor reads it (through row_tally's property
+# for counts).
+_get_raw = operator.attrgetter("_raw_value") if LAZY else operator.methodcaller("get_raw_value")
 
 
 class StepBinding:
